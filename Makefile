@@ -1,0 +1,41 @@
+# The two commands a user types first: `make demo` and `make test`. Both install what they
+# need (Debian packages through scripts/install-deps, Python ones into .venv from the lock).
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration bench lint deps venv clean
+
+demo: deps
+	$(PY) scripts/demo.py $(if $(KEEP),--keep)
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: deps
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+bench: deps
+	$(PY) bench/run.py
+
+lint: venv
+	$(VENV)/bin/ruff check medulla_appliance agent tests scripts bench
+
+deps: venv
+	scripts/install-deps
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $$(grep -E "^wheel==" requirements.lock)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""The Medulla workstation agent (its own Debian package, medulla-agent)."""
