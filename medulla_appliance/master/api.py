@@ -1,0 +1,255 @@
+"""The master's admin HTTP JSON API (``/api/v1``), served on 127.0.0.1:7080.
+
+This module is the HTTP layer only: it checks the URI length and the bearer token,
+routes, validates parameters, calls the registry and renders JSON. The registry never
+sees a request. Every answer, error or not, is a JSON object; every refusal is logged
+once, without the presented token.
+
+The registry is any object with these methods, each returning a value or a Deferred::
+
+    list_machines(online: bool | None = None) -> list[dict]
+    find_machines(name: str) -> list[dict]       # hostname, uuid or JID
+    machine_history(uuid: str, limit: int) -> list[dict]   # newest first
+    status() -> dict
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+#: Longer request targets are refused with 414 before anything else is looked at.
+MAX_URI_BYTES = 2 * 1024
+#: Attacker-supplied text (a machine name) is cut to this many characters when echoed.
+MAX_ECHO_CHARS = 200
+#: How many history events ``GET /api/v1/machines/<name>`` returns.
+HISTORY_LIMIT = 50
+#: How many candidates a 409 lists; a name shared by thousands is listed in part.
+MAX_CANDIDATES = 50
+#: Idle HTTP connections are closed after this many seconds.
+IDLE_TIMEOUT = 60
+
+_METHODS = (b"GET", b"HEAD")
+_ALLOW = b", ".join(_METHODS)
+_BOOLEANS = {b"true": True, b"false": False}
+
+
+class ApiError(Exception):
+    """An answer other than 200, raised anywhere below :meth:`ApiResource.render`.
+
+    *refusal* says whether it is logged as a refused request (auth, bad URI, bad
+    parameter) or is simply an answer (no such machine).
+    """
+
+    def __init__(self, code: int, error: str, message: str | None = None, *,
+                 headers: tuple[tuple[bytes, bytes], ...] = (),
+                 extra: dict[str, Any] | None = None, refusal: bool = True):
+        super().__init__(message or error)
+        self.code, self.headers, self.refusal = code, headers, refusal
+        self.body: dict[str, Any] = {"error": error}
+        if message is not None:
+            self.body["message"] = message
+        self.body.update(extra or {})
+
+
+class ApiResource(Resource):
+    """Root resource of the API site: every path below ``/`` lands here."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, registry: Any, token: str, *, clock: IReactorTime):
+        super().__init__()
+        if not token:
+            raise ValueError("the API token must not be empty")
+        self._registry = registry
+        self._token = token.encode("utf-8")
+        self._clock = clock
+
+    def render(self, request):
+        """Answer *request* asynchronously; never leaves it hanging."""
+        gone: list[Failure] = []
+        # The callback side is the normal finish; only a lost connection matters here.
+        request.notifyFinish().addErrback(gone.append)
+        d = defer.maybeDeferred(self._dispatch, request)
+        d.addCallback(lambda body: (200, _encode(body), ()))
+        d.addErrback(self._error_response, request)
+        d.addCallback(self._send, request, gone)
+        d.addErrback(lambda f: self.log.failure("API could not answer {method} {path}", f,
+                                                method=_text(request.method),
+                                                path=_text(request.path)))
+        return NOT_DONE_YET
+
+    # -- the HTTP layer: auth, routing, parameters -------------------------------------
+
+    def _dispatch(self, request) -> defer.Deferred:
+        if len(request.uri) > MAX_URI_BYTES:
+            raise ApiError(414, "uri-too-long",
+                           f"the request target is longer than {MAX_URI_BYTES} bytes")
+        self._authenticate(request)
+        handler, args = self._route(request.postpath)
+        if request.method not in _METHODS:
+            raise ApiError(405, "method-not-allowed", "only GET is supported here",
+                           headers=((b"Allow", _ALLOW),))
+        return handler(request, *args)
+
+    def _authenticate(self, request) -> None:
+        values = request.requestHeaders.getRawHeaders(b"authorization") or []
+        if len(values) != 1:
+            reason = "no bearer token" if not values else "several Authorization headers"
+            raise _unauthorized(reason)
+        scheme, _, credentials = values[0].strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not credentials.strip():
+            raise _unauthorized("not a bearer token")
+        if not hmac.compare_digest(credentials.strip(), self._token):
+            raise _unauthorized("wrong token")
+
+    def _route(self, segments: list[bytes]):
+        if len(segments) > 1 and segments[-1] == b"":
+            segments = segments[:-1]  # tolerate one trailing slash
+        if segments[:2] == [b"api", b"v1"]:
+            rest = segments[2:]
+            if rest == [b"status"]:
+                return self._status, ()
+            if rest == [b"machines"]:
+                return self._machines, ()
+            if len(rest) == 2 and rest[0] == b"machines" and rest[1]:
+                return self._machine, (rest[1],)
+        raise ApiError(404, "not-found", "no such endpoint")
+
+    # -- handlers: parameters in, registry calls, plain data out -----------------------
+
+    def _status(self, request) -> defer.Deferred:
+        d = defer.maybeDeferred(self._registry.status)
+        d.addCallback(lambda status: {**status, "server_time": self._clock.seconds()})
+        return d
+
+    def _machines(self, request) -> defer.Deferred:
+        online = _boolean_arg(request, b"online")
+        d = defer.maybeDeferred(self._registry.list_machines, online=online)
+        d.addCallback(lambda machines: {"machines": list(machines)})
+        return d
+
+    def _machine(self, request, raw_name: bytes) -> defer.Deferred:
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "bad-request", "the machine name is not valid UTF-8") from None
+        return defer.ensureDeferred(self._machine_details(name))
+
+    async def _machine_details(self, name: str) -> dict[str, Any]:
+        matches = list(await defer.maybeDeferred(self._registry.find_machines, name))
+        if not matches:
+            raise ApiError(404, "not-found", f"no machine named {_echo(name)!r}", refusal=False)
+        if len(matches) > 1:
+            candidates = [{key: m.get(key) for key in ("uuid", "hostname", "jid")}
+                          for m in matches[:MAX_CANDIDATES]]
+            raise ApiError(409, "ambiguous",
+                           f"{len(matches)} machines match {_echo(name)!r}; use a uuid or JID",
+                           extra={"candidates": candidates, "count": len(matches)},
+                           refusal=False)
+        machine = dict(matches[0])
+        history = await defer.maybeDeferred(
+            self._registry.machine_history, machine["uuid"], HISTORY_LIMIT)
+        machine["history"] = list(history)[:HISTORY_LIMIT]
+        return machine
+
+    # -- rendering ---------------------------------------------------------------------
+
+    def _error_response(self, failure: Failure, request):
+        fields = dict(method=_text(request.method), path=_text(request.path),
+                      peer=_peer(request))
+        if failure.check(ApiError):
+            error = failure.value
+            if error.refusal:
+                self.log.warn("API refused {method} {path} from {peer}: {reason}",
+                              reason=f"{error.code} {error}", **fields)
+            else:
+                self.log.debug("API {method} {path} from {peer}: {code} {error}",
+                               code=error.code, error=error.body["error"], **fields)
+            return error.code, _encode(error.body), error.headers
+        self.log.failure("API {method} {path} from {peer} failed", failure, **fields)
+        return 500, _encode({"error": "internal", "message": "see the medulla-master log"}), ()
+
+    def _send(self, response, request, gone: list) -> None:
+        if gone or request.finished:
+            return  # the client went away while the registry worked; nobody to tell
+        code, payload, headers = response
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(payload))
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        for name, value in headers:
+            request.setHeader(name, value)
+        if code == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="medulla"')
+        request.write(payload)
+        request.finish()
+
+
+def make_api_resource(registry: Any, token: str, *, clock: IReactorTime) -> IResource:
+    """Build the API's root resource over *registry*, guarded by *token*."""
+    return ApiResource(registry, token, clock=clock)
+
+
+def make_api_site(registry: Any, token: str, *, clock: IReactorTime) -> Site:
+    """Build the ``Site`` to listen with (``tcp:7080:interface=127.0.0.1``).
+
+    *clock* also drives the HTTP idle timeouts, so it is normally the reactor.
+    """
+    site = Site(make_api_resource(registry, token, clock=clock),
+                timeout=IDLE_TIMEOUT, reactor=clock)
+    site.displayTracebacks = False
+    return site
+
+
+def _unauthorized(reason: str) -> ApiError:
+    # The reason names what was wrong, never what was presented.
+    return ApiError(401, "unauthorized", reason)
+
+
+def _boolean_arg(request, name: bytes) -> bool | None:
+    values = request.args.get(name)
+    if not values:
+        return None
+    parsed = {_BOOLEANS.get(value.lower()) for value in values}
+    if len(parsed) != 1 or None in parsed:
+        raise ApiError(400, "bad-request", f"{name.decode()} must be 'true' or 'false'")
+    return parsed.pop()
+
+
+def _encode(body: Any) -> bytes:
+    try:
+        text = json.dumps(body, ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        # Lone surrogates cannot be UTF-8; \u escapes keep the JSON valid.
+        return json.dumps(body, ensure_ascii=True, allow_nan=False).encode("ascii") + b"\n"
+
+
+def _echo(text: str) -> str:
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
+
+
+def _text(raw: bytes) -> str:
+    """*raw* (a method or path from the wire) cut and escaped for a log line."""
+    cut = raw[:MAX_ECHO_CHARS].decode("ascii", "backslashreplace")
+    cut = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
+    return cut + ("…" if len(raw) > MAX_ECHO_CHARS else "")
+
+
+def _peer(request) -> str:
+    address = request.getClientAddress()
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None:
+        return str(getattr(address, "name", None) or address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
