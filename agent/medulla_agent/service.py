@@ -1,0 +1,140 @@
+"""medulla-agent's service: one XMPP link to its server, presence, enrolment."""
+
+import random
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import JID
+
+from medulla_appliance.core import keys
+from medulla_appliance.core.xmpp.auth import tls_options
+from medulla_appliance.core.xmpp.channel import EnvelopeChannel
+from medulla_appliance.core.xmpp.client import XMPPClientService
+from medulla_appliance.core.xmpp.handlers import DiscoInfoHandler, PingHandler
+
+from .config import ENROLMENT_KEY_CHARS
+from .enrolment import Enrolment
+from .facts import collect
+from .protocol import AgentPresence
+from .state import AgentState
+
+RESULTS = ("result.agent.assess", "result.agent.register")
+
+
+def agent_jid(facts, suffix, primary_mac, domain):
+    """HOST.SFX@DOMAIN/MAC, as Medulla names agents."""
+    return JID("%s.%s@%s/%s" % (facts["hostname"].lower(), suffix, domain,
+                                primary_mac.replace(":", "")))
+
+
+class AgentService(service.MultiService):
+    """Keeps the workstation connected, present and enrolled.
+
+    `facts` (a callable returning the facts dict with `primary_mac`) and `state` are
+    injectable so that many agents can run in one process for load tests.
+    """
+
+    log = Logger()
+
+    def __init__(self, cfg, reactor, *, facts=None, state=None, rand=random.random):
+        super().__init__()
+        self.cfg, self.reactor, self.rand = cfg, reactor, rand
+        conn, enrolment = cfg["connection"], cfg["enrolment"]
+        self.enrolment_key = enrolment["enrolment_key"]
+        if len(self.enrolment_key) != ENROLMENT_KEY_CHARS:
+            raise ValueError("[enrolment] enrolment_key must be %d characters, got %d"
+                             % (ENROLMENT_KEY_CHARS, len(self.enrolment_key)))
+        self.domain = conn["domain"]
+        self.master_jid = JID(enrolment["master_jid"] or "master@%s/master" % self.domain)
+        self.master_key = keys.load_public_key(enrolment["master_public_key"])
+        self.state = state or AgentState(cfg["agent"]["state_dir"])
+        self.collect = facts or (lambda: collect(cfg["agent"]["inventory_tag"]))
+        self.target = (conn["server"], conn["port"])
+        assessed = self.state["assessment"]
+        if isinstance(assessed, dict) and assessed.get("from") == list(self.target):
+            self.target = (assessed["server"], assessed["port"])
+        self.enrolment = Enrolment(reactor, self._send_request, self._assessed,
+                                   self._registered, rand=rand)
+        self.link = self.channel = self.facts = self.jid = None
+        self.registered = False
+
+    def startService(self):
+        super().startService()
+        self._connect()
+
+    def status_line(self):
+        state = "connected" if self.link and self.link.connected else "connecting"
+        return "%s to %s:%d as %s; %s" % (state, self.target[0], self.target[1],
+                                          self.jid.full() if self.jid else "?",
+                                          self.enrolment.state)
+
+    def _connect(self):
+        facts = dict(self.collect())
+        primary = facts.pop("primary_mac")
+        self.facts = facts
+        self.jid = agent_jid(facts, self.state["suffix"], primary, self.domain)
+        server, port = self.target
+        self.link = XMPPClientService(
+            self.jid, self.state["password"],
+            endpoints.HostnameEndpoint(self.reactor, server, port),
+            tls_options(self.cfg["connection"]["ca_file"], self.domain), clock=self.reactor,
+            rand=self.rand, register_wanted=lambda: not self.state["account_created"],
+            max_delay=self.cfg["connection"]["max_reconnect_delay"])
+        self.channel = EnvelopeChannel(self.jid, self.state.private_key, self.reactor,
+                                       self._trust)
+        for action in RESULTS:
+            self.channel.handle(action, self._on_result)
+        for handler in (AgentPresence(self.master_jid, self._session_changed,
+                                      self._master_changed),
+                        self.channel.messages, PingHandler(),
+                        DiscoInfoHandler(kind="pc", name="medulla-agent")):
+            self.link.addHandler(handler)
+        self.link.setServiceParent(self)
+
+    def _trust(self, sender, signed):
+        # Only the master's JID, and only with the master's key (PROTOCOL.md).
+        return self.master_key if sender.userhostJID() == self.master_jid.userhostJID() else None
+
+    def _session_changed(self, up):
+        if not up:
+            self.enrolment.session_ended()
+            return
+        if not self.state["account_created"]:
+            self.state.update(account_created=True)
+        self.enrolment.session_started()
+
+    def _master_changed(self, available):
+        if available:
+            self.enrolment.master_available()
+
+    def _send_request(self, action):
+        data = dict(self.facts, public_key=self.state.public_key_text)
+        data["psk_mac"] = keys.registration_mac(self.enrolment_key, data)
+        self.channel.send_new(self.master_jid, action, data)
+
+    def _on_result(self, sender, envelope):
+        self.enrolment.result(envelope.action, envelope.ret, envelope.data)
+
+    def _assessed(self, data):
+        server, port = data.get("server"), data.get("port")
+        if not server or not isinstance(port, int) or (server, port) == self.target:
+            return False
+        self.log.info("assessor sends us to relay {relay} at {server}:{port}",
+                      relay=data.get("relay"), server=server, port=port)
+        self.state.update(assessment={"from": list(self.target), "server": server,
+                                      "port": port, "relay": data.get("relay")})
+        old = self.link
+        self.target = (server, port)
+        self.reactor.callLater(0, self._switch, old)
+        return True
+
+    def _switch(self, old):
+        old.disownServiceParent()
+        self._connect()
+
+    def _registered(self, data):
+        self.registered = True
+        self.state.update(uuid=data.get("uuid"))
+        self.log.info("registered with the master as {uuid} (relay {relay})",
+                      uuid=data.get("uuid"), relay=data.get("relay"))

@@ -1,0 +1,122 @@
+"""medulla-master's service tree: store, registry, XMPP link, liveness pings, admin API."""
+
+from twisted.application import service, strports
+from twisted.internet import defer, endpoints, task
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import JID
+
+from ..core import keys
+from ..core.store import Store
+from ..core.xmpp.auth import tls_options
+from ..core.xmpp.channel import EnvelopeChannel
+from ..core.xmpp.client import XMPPClientService
+from ..core.xmpp.handlers import DiscoInfoHandler, PingHandler
+from . import api, apitoken, storage
+from .logic.admission import Admission
+from .logic.assessor import Assessor
+from .protocol import EnrolmentActions, MasterPresence
+from .registry import Registry
+
+SWEEP_MIN_SECONDS = 0.5
+
+
+class MasterService(service.MultiService):
+    """Everything medulla-master runs, built from its configuration."""
+
+    log = Logger()
+
+    def __init__(self, cfg, reactor):
+        super().__init__()
+        self.cfg = cfg
+        self.reactor = reactor
+        self.jid = JID(cfg["xmpp"]["jid"])
+        self.private_key = keys.load_or_create_private_key(cfg["keys"]["private_key"])
+        enrolment_key = cfg.read_secret("keys", "enrolment_key_file")
+        password = cfg.read_secret("xmpp", "password_file")
+        self.store = Store(cfg["store"]["url"], storage.MIGRATIONS, reactor=reactor)
+        self.registry = Registry(self.store, reactor,
+                                 cfg["registry"]["blacklisted_mac_addresses"])
+        self.assessor = Assessor.from_config(cfg["assessor"])
+        self.admission = Admission(cfg["registry"]["max_registrations_per_second"], reactor)
+        self.presence = MasterPresence(self.registry, self._session_changed)
+        self.enrolment = EnrolmentActions(self.registry, self.assessor, self.admission,
+                                          enrolment_key, self.jid.host, self.presence)
+        self.channel = EnvelopeChannel(self.jid, self.private_key, reactor,
+                                       self.enrolment.trust)
+        self.channel.handle("agent.assess", self.enrolment.assess)
+        self.channel.handle("agent.register", self.enrolment.register)
+        self.channel.on_heard = self.registry.heard
+        self.pinger = PingHandler()
+        self.xmpp = XMPPClientService(
+            self.jid, password,
+            endpoints.HostnameEndpoint(reactor, cfg["xmpp"]["server"], cfg["xmpp"]["port"]),
+            tls_options(cfg["xmpp"]["ca_file"], self.jid.host), clock=reactor,
+            register_wanted=lambda: cfg["xmpp"]["register_account"])
+        for handler in (self.presence, self.channel.messages, self.pinger,
+                        DiscoInfoHandler(kind="bot", name="medulla-master")):
+            self.xmpp.addHandler(handler)
+        self.token = apitoken.ensure_token(cfg["api"]["token_file"])
+        site = api.make_api_site(self.registry, self.token, clock=reactor)
+        self.api = strports.service(cfg["api"]["listen"], site, reactor=reactor)
+        presence_cfg = cfg["presence"]
+        self.sweeper = task.LoopingCall(self._sweep)
+        self.sweeper.clock = reactor
+        self._sweep_every = max(SWEEP_MIN_SECONDS, presence_cfg["ping_timeout"] / 4)
+        self._reconcile_call = None
+        self._ready = defer.Deferred()
+
+    def startService(self):
+        d = self.registry.load()
+        d.addCallback(lambda _: self._start_children())
+        d.addCallbacks(self._ready.callback, self._ready.errback)
+
+    def _start_children(self):
+        # Children start only once the registry is loaded: no presence before the index.
+        self.api.setServiceParent(self)
+        self.xmpp.setServiceParent(self)
+        service.MultiService.startService(self)
+        self.sweeper.start(self._sweep_every, now=False)
+
+    def stopService(self):
+        if self.sweeper.running:
+            self.sweeper.stop()
+        if self._reconcile_call is not None and self._reconcile_call.active():
+            self._reconcile_call.cancel()
+        d = defer.maybeDeferred(service.MultiService.stopService, self)
+        d.addBoth(lambda _: self.store.close())
+        return d
+
+    def when_ready(self):
+        return self._ready
+
+    def status_line(self):
+        state = "connected" if self.xmpp.connected else "not connected"
+        return "XMPP %s as %s; %d machines online" % (
+            state, self.jid.full(), len(self.registry._online))
+
+    def reload(self, cfg):
+        """SIGHUP: presence timings, the blacklist, the assessor and the admission rate."""
+        self.cfg = cfg
+        self.registry.blacklist = frozenset(cfg["registry"]["blacklisted_mac_addresses"])
+        self.enrolment.assessor = self.assessor = Assessor.from_config(cfg["assessor"])
+        self.enrolment.admission = Admission(cfg["registry"]["max_registrations_per_second"],
+                                             self.reactor)
+
+    def _session_changed(self, up):
+        self.registry.xmpp_status = {"connected": up, "jid": self.jid.full()}
+        if not up:
+            return
+        self.registry.session_started()
+        if self._reconcile_call is not None and self._reconcile_call.active():
+            self._reconcile_call.cancel()
+        self._reconcile_call = self.reactor.callLater(
+            self.cfg["presence"]["reconcile_after"], self.registry.reconcile)
+
+    def _sweep(self):
+        if not self.xmpp.connected:
+            return
+        presence_cfg = self.cfg["presence"]
+        for uid, full_jid in self.registry.due_for_ping(presence_cfg["ping_after"]):
+            d = self.pinger.ping(JID(full_jid), presence_cfg["ping_timeout"])
+            d.addCallback(lambda alive, u=uid, j=full_jid: self.registry.ping_answered(u, j, alive))
+            d.addErrback(lambda f: self.log.failure("ping sweep", f))
