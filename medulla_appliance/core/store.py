@@ -114,22 +114,25 @@ class Store:
         self.url = url
         self._conn = connect_sqlite(sqlite_path(url))
         self._reactor = reactor
+        self._threaded = threaded
         self._pool = None
         applied = apply_migrations(self._conn, migrations)
         if applied:
             self.log.info("store {url} migrated to version {version}",
                           url=url, version=applied[-1])
-        if threaded:
-            if reactor is None:
+
+    def run(self, fn, *args, **kwargs):
+        """Deferred result of fn(conn, *args, **kwargs) run in one transaction."""
+        if not self._threaded:
+            return defer.maybeDeferred(transaction, self._conn, fn, *args, **kwargs)
+        if self._pool is None:
+            # Started on first use, not at construction: a daemon that fails to start
+            # must not be kept alive by an idle non-daemon thread.
+            if self._reactor is None:
                 from twisted.internet import reactor as global_reactor
                 self._reactor = global_reactor
             self._pool = ThreadPool(minthreads=1, maxthreads=1, name="medulla-store")
             self._pool.start()
-
-    def run(self, fn, *args, **kwargs):
-        """Deferred result of fn(conn, *args, **kwargs) run in one transaction."""
-        if self._pool is None:
-            return defer.maybeDeferred(transaction, self._conn, fn, *args, **kwargs)
         return threads.deferToThreadPool(
             self._reactor, self._pool, transaction, self._conn, fn, *args, **kwargs)
 

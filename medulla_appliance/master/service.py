@@ -57,7 +57,9 @@ class MasterService(service.MultiService):
             self.xmpp.addHandler(handler)
         self.token = apitoken.ensure_token(cfg["api"]["token_file"])
         site = api.make_api_site(self.registry, self.token, clock=reactor)
+        site.noisy = False
         self.api = strports.service(cfg["api"]["listen"], site, reactor=reactor)
+        self.api._raiseSynchronously = True  # a busy port must stop the start, not be logged
         presence_cfg = cfg["presence"]
         self.sweeper = task.LoopingCall(self._sweep)
         self.sweeper.clock = reactor

@@ -27,7 +27,10 @@ def jittered_backoff(attempt, *, minimum=DEFAULT_MIN_DELAY, maximum=DEFAULT_MAX_
     "Equal jitter": half the exponential delay is fixed, half is random, so nobody
     retries at once and everybody retries within the cap.
     """
-    ceiling = min(maximum, minimum * factor ** max(0, attempt - 1))
+    try:
+        ceiling = min(maximum, minimum * factor ** max(0, attempt - 1))
+    except OverflowError:  # after ~1,500 attempts (hours of outage): stay at the cap
+        ceiling = maximum
     return ceiling / 2 + rand() * ceiling / 2
 
 
@@ -47,6 +50,7 @@ class XMPPClientService(service.MultiService):
         super().__init__()
         self.jid = jid
         self.factory = make_client_factory(jid, password, tls, register_wanted)
+        self.factory.noisy = False
         self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._authenticated)
         self.factory.addBootstrap(xmlstream.INIT_FAILED_EVENT, self._init_failed)
         self.manager = StreamManager(self.factory, reactor=clock)

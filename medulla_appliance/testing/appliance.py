@@ -1,0 +1,191 @@
+"""A whole appliance in a folder, for tests, the demo and benchmarks: the master's and
+agents' configuration, keys and accounts against a running XMPP server, and the master
+and agents run as real processes (stopped by PID)."""
+
+import json
+import os
+import secrets
+import signal
+import string
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from medulla_appliance.core import keys
+from medulla_appliance.testing.ports import free_tcp_port
+
+MASTER_MODULE = "medulla_appliance.master"
+AGENT_MODULE = "medulla_agent"
+SWARM_MODULE = "medulla_appliance.testing.swarm"
+
+
+def _write_secret(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def _enrolment_key():
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(32))
+
+
+class Appliance:
+    """A master configured in `workdir` for `server` (a testing.xmppserver instance)."""
+
+    def __init__(self, workdir, server, *, presence=None, registry=None, log_level="INFO"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.server = server
+        self.domain = server.domain
+        self.api_port = free_tcp_port()
+        self.state = self.workdir / "master-state"
+        self.state.mkdir(mode=0o700, exist_ok=True)
+        self.enrolment_key = _enrolment_key()
+        self.master_password = secrets.token_urlsafe(18)
+        _write_secret(self.workdir / "enrolment.key", self.enrolment_key)
+        _write_secret(self.workdir / "master-xmpp.password", self.master_password)
+        self.master_key = keys.load_or_create_private_key(self.state / "master.key")
+        self.master_public_key = keys.public_key_text(self.master_key)
+        self.config_path = self.workdir / "master.ini"
+        sections = {
+            "global": {"log_level": log_level},
+            "xmpp": {"jid": "master@%s/master" % self.domain,
+                     "password_file": self.workdir / "master-xmpp.password",
+                     "server": "127.0.0.1", "port": server.c2s_port,
+                     "ca_file": server.ca.cert_path},
+            "keys": {"private_key": self.state / "master.key",
+                     "enrolment_key_file": self.workdir / "enrolment.key"},
+            "store": {"url": "sqlite:%s" % (self.state / "master.sqlite")},
+            "api": {"listen": "tcp:%d:interface=127.0.0.1" % self.api_port,
+                    "token_file": self.state / "api-token"},
+            "presence": presence or {},
+            "registry": registry or {},
+        }
+        self.config_path.write_text(render_ini(sections))
+        server.register("master", self.master_password)
+        self.master = None
+        self.master_log = self.workdir / "master.log"
+
+    # -- master --------------------------------------------------------------------------
+
+    def start_master(self, timeout=30):
+        """Start medulla-master as a process; returns once its API answers."""
+        log = open(self.master_log, "ab")
+        self.master = subprocess.Popen(
+            [sys.executable, "-m", MASTER_MODULE, "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.master.poll() is not None:
+                raise RuntimeError("medulla-master exited with %s:\n%s"
+                                   % (self.master.returncode, self.master_log.read_text()[-3000:]))
+            try:
+                self.api("/api/v1/status")
+                return self.master
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("medulla-master API not up after %ss" % timeout)
+
+    def stop_master(self, sig=signal.SIGTERM, timeout=20):
+        stop_process(self.master, sig, timeout)
+        self.master = None
+
+    @property
+    def token(self):
+        return (self.state / "api-token").read_text().strip()
+
+    def api(self, path):
+        request = urllib.request.Request(
+            "http://127.0.0.1:%d%s" % (self.api_port, path),
+            headers={"Authorization": "Bearer " + self.token})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
+
+    def machines(self):
+        return self.api("/api/v1/machines")["machines"]
+
+    def ctl_env(self):
+        """Environment for running medullactl against this master."""
+        return dict(os.environ, MEDULLA_API_URL="http://127.0.0.1:%d" % self.api_port,
+                    MEDULLA_API_TOKEN_FILE=str(self.state / "api-token"))
+
+    # -- agents --------------------------------------------------------------------------
+
+    def agent_config(self, name, **agent):
+        """Write an agentconf.ini for an agent named `name`; returns its path."""
+        folder = self.workdir / "agents" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "agentconf.ini"
+        path.write_text(render_ini({
+            "global": {"log_level": agent.pop("log_level", "INFO")},
+            "connection": {"server": "127.0.0.1", "port": self.server.c2s_port,
+                           "domain": self.domain, "ca_file": self.server.ca.cert_path,
+                           "max_reconnect_delay": agent.pop("max_reconnect_delay", "10s")},
+            "enrolment": {"enrolment_key": self.enrolment_key,
+                          "master_public_key": self.master_public_key},
+            "agent": {"state_dir": folder / "state", **agent},
+        }))
+        os.chmod(path, 0o600)
+        return path
+
+    def start_agent(self, name, **agent):
+        """A real medulla-agent process (facts of this machine)."""
+        return self._spawn(name, [AGENT_MODULE], self.agent_config(name, **agent))
+
+    def start_swarm(self, name, count, prefix=None, **agent):
+        """`count` agents with synthetic identities in one process (real connections)."""
+        return self._spawn(name, [SWARM_MODULE, "--count", str(count),
+                                  "--prefix", prefix or name],
+                           self.agent_config(name, **agent))
+
+    def _spawn(self, name, module, config):
+        log = open(self.workdir / ("%s.log" % name), "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", *module, "--config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return process
+
+    def wait_for(self, predicate, timeout, interval=0.2):
+        """Poll the machine list until predicate(machines) is true; returns the list."""
+        deadline = time.monotonic() + timeout
+        machines = []
+        while time.monotonic() < deadline:
+            machines = self.machines()
+            if predicate(machines):
+                return machines
+            time.sleep(interval)
+        raise AssertionError("condition not met in %ss; machines: %s" % (
+            timeout, [(m["hostname"], m["online"]) for m in machines][:20]))
+
+
+def stop_process(process, sig=signal.SIGTERM, timeout=20):
+    """Stop a process we started, by PID: `sig`, then SIGKILL after `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def _escape(value):
+    return str(value).replace("\\", "\\\\").replace(",", "\\,")
+
+
+def render_ini(sections):
+    """INI text from {section: {key: value}} (values escaped as Medulla does)."""
+    out = []
+    for section, values in sections.items():
+        out.append("[%s]" % section)
+        for key, value in values.items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            out.append("%s = %s" % (key, ", ".join(_escape(v) for v in items)))
+        out.append("")
+    return "\n".join(out)
