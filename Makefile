@@ -5,10 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration bench lint deps venv clean
+.PHONY: demo demo-stop test unit integration bench lint deps venv clean
 
 demo: deps
 	$(PY) scripts/demo.py $(if $(KEEP),--keep)
+
+demo-stop: venv
+	$(PY) scripts/demo.py --stop
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -42,7 +42,7 @@ def fleet(request, tmp_path_factory):
         for process in processes.values():
             stop_process(process)
         app.stop_master()
-        server.stop()
+        server.close()
 
 
 def online(machines):

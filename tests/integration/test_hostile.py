@@ -42,7 +42,7 @@ def appliance(tmp_path_factory):
     finally:
         stop_process(agent)
         app.stop_master()
-        server.stop()
+        server.close()
 
 
 def send_as(app, jid, bodies, to=MASTER, wait=2.0, forge_from=None):

@@ -5,6 +5,10 @@ import os
 import pathlib
 import pickle
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -442,11 +446,26 @@ def test_unreadable_file_is_named(tmp_path, monkeypatch):
     assert error_lines(path) == [f"{path}: cannot read: Permission denied"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_local_file_is_named_for_real(tmp_path):
-    main = write(tmp_path / "master.ini", "")
-    write(main + ".local", "", mode=0)
-    assert error_lines(main) == [f"{main}.local: cannot read: Permission denied"]
+def test_unreadable_local_file_is_named_for_real():
+    # Root reads any file, so the check runs as `nobody` (through setpriv) when we are root;
+    # the folder lives outside pytest's 0700 tmp so that nobody can reach it.
+    folder = tempfile.mkdtemp(prefix="medulla-config-")
+    try:
+        os.chmod(folder, 0o755)
+        main = write(pathlib.Path(folder) / "master.ini", "", mode=0o644)
+        write(main + ".local", "", mode=0)
+        code = ("import sys; sys.path.insert(0, %r); "
+                "from tests.unit.test_config import error_lines; print(error_lines(%r))"
+                % (str(pathlib.Path(__file__).resolve().parents[2]), main))
+        argv = [sys.executable, "-c", code]
+        if os.geteuid() == 0:
+            argv = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+                    *argv]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == repr([f"{main}.local: cannot read: Permission denied"]), (
+            out.stderr)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_directory_or_fifo_instead_of_a_file(tmp_path):

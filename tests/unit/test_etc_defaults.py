@@ -28,3 +28,21 @@ def test_shipped_agent_ini_names_what_the_admin_must_set(tmp_path):
     text = str(err.value)
     for key in ("server", "enrolment_key", "master_public_key"):
         assert key in text
+
+
+def readme_rows():
+    """(section, key) pairs of the README's configuration tables."""
+    rows = set()
+    for line in (ETC.parent / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 3:
+            rows.update((cells[0], key.strip()) for key in cells[1].split(","))
+    return rows
+
+
+@pytest.mark.parametrize("name", sorted(ETC_FILES))
+def test_readme_documents_every_key(name):
+    rows = readme_rows()
+    missing = [(section, key) for section, keys in ETC_FILES[name].sections.items()
+               for key in keys if (section, key) not in rows]
+    assert not missing, "README.md does not document %s of %s" % (missing, name)
