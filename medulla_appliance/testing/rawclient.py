@@ -32,11 +32,10 @@ def main(argv=None):
     from twisted.internet import endpoints, reactor
     from twisted.words.protocols.jabber.jid import JID
     from twisted.words.xish import domish
+    from wokkel.subprotocols import XMPPHandler
 
     from medulla_appliance.core.xmpp.auth import tls_options
     from medulla_appliance.core.xmpp.client import XMPPClientService
-    from wokkel.subprotocols import XMPPHandler
-
     from medulla_appliance.core.xmpp.handlers import MessageChannel
 
     jid, target = JID(args.jid), JID(args.to)
