@@ -79,7 +79,7 @@ class AgentService(service.MultiService):
             self.jid, self.state["password"],
             endpoints.HostnameEndpoint(self.reactor, server, port),
             tls_options(self.cfg["connection"]["ca_file"], self.domain), clock=self.reactor,
-            rand=self.rand, register_wanted=lambda: not self.state["account_created"],
+            rand=self.rand, register_wanted=self._account_missing,
             max_delay=self.cfg["connection"]["max_reconnect_delay"])
         self.channel = EnvelopeChannel(self.jid, self.state.private_key, self.reactor,
                                        self._trust)
@@ -92,6 +92,10 @@ class AgentService(service.MultiService):
             self.link.addHandler(handler)
         self.link.setServiceParent(self)
 
+    def _account_missing(self):
+        # The account belongs to a JID; a renamed machine has a new JID, so a new account.
+        return self.state["account_jid"] != self.jid.userhost()
+
     def _trust(self, sender, signed):
         # Only the master's JID, and only with the master's key (PROTOCOL.md).
         return self.master_key if sender.userhostJID() == self.master_jid.userhostJID() else None
@@ -100,8 +104,8 @@ class AgentService(service.MultiService):
         if not up:
             self.enrolment.session_ended()
             return
-        if not self.state["account_created"]:
-            self.state.update(account_created=True)
+        if self._account_missing():
+            self.state.update(account_jid=self.jid.userhost())
         self.enrolment.session_started()
 
     def _master_changed(self, available):

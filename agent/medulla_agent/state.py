@@ -1,6 +1,6 @@
 """What the agent keeps between runs, under its state directory (0700):
 `agent.key` (its Ed25519 key, 0600, never leaves the machine) and `state.json` (0600:
-the JID suffix, the XMPP password it chose, the relay the assessor gave it, its uuid)."""
+the JID suffix, the XMPP password it chose and the JID it made the account for, the relay the assessor gave it, its uuid)."""
 
 import json
 import os
@@ -37,7 +37,7 @@ class AgentState:
             changed = True
         if not isinstance(self.values.get("password"), str) or len(self.values["password"]) < 16:
             self.values["password"] = token(24)
-            self.values["account_created"] = False
+            self.values["account_jid"] = None  # no XMPP account made with this password
             changed = True
         if changed:
             self.save()

@@ -56,7 +56,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The argument parser; defaults for --url and --token-file come from *env*."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Query the Medulla master: machines, their history, its status.",
+        description="Query the Medulla master: machines, their history, its status; "
+                    "reset a machine's pinned key.",
         epilog="exit codes: 0 ok, 1 not found/ambiguous/API error, 2 usage, "
                "3 master unreachable, 4 token/authentication")
     _add_global_options(parser, env)
@@ -84,6 +85,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                                "a uuid or a JID.")
     show.add_argument("name", metavar="NAME")
     show.set_defaults(run=_show)
+    reset_key = command(
+        machine_commands, "reset-key", help="forget a machine's pinned key",
+        description="Forget the key the master pinned for a machine, so that its next "
+                    "enrolment pins the new one (after reinstalling its agent). NAME is a "
+                    "hostname, a uuid or a JID.")
+    reset_key.add_argument("name", metavar="NAME")
+    reset_key.set_defaults(run=_reset_key)
 
     status = command(commands, "status", help="master status",
                      description="Show the master's version, XMPP link and machine counts.")
@@ -106,6 +114,15 @@ def _show(client: ApiClient, args, out: TextIO, now: float) -> int:
         _print_json(machine, out)
     else:
         print(render.render_machine(machine, now), file=out)
+    return EXIT_OK
+
+
+def _reset_key(client: ApiClient, args, out: TextIO, now: float) -> int:
+    result = client.reset_key(args.name)
+    if args.json:
+        _print_json(result, out)
+    else:
+        print(render.render_key_reset(result), file=out)
     return EXIT_OK
 
 

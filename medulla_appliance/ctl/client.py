@@ -105,9 +105,18 @@ class ApiClient:
         """``GET /api/v1/machines/<name>``: one machine with its history."""
         return self._get("/api/v1/machines/" + urllib.parse.quote(name, safe=""))
 
+    def reset_key(self, name: str) -> dict:
+        """``POST /api/v1/machines/<name>/reset-key``: its next enrolment pins a new key."""
+        return self._request(
+            "POST", "/api/v1/machines/" + urllib.parse.quote(name, safe="") + "/reset-key",
+            data=b"")
+
     def _get(self, path: str) -> dict:
+        return self._request("GET", path)
+
+    def _request(self, method: str, path: str, data: bytes | None = None) -> dict:
         request = urllib.request.Request(
-            self.base_url + path,
+            self.base_url + path, data=data, method=method,
             headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"})
         try:
             with self._opener.open(request, timeout=self._timeout) as reply:

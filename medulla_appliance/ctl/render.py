@@ -176,6 +176,13 @@ def render_machine(machine: dict, now: float, tz: datetime.tzinfo | None = None)
     return "\n".join(lines)
 
 
+def render_key_reset(result: dict) -> str:
+    """``medullactl machine reset-key``: which machine, and what happens next."""
+    return (f"key of {escape_text(result.get('hostname') or '?')} "
+            f"({escape_text(result.get('uuid') or '?')}) reset: "
+            "its next enrolment pins the new key")
+
+
 def render_candidates(candidates: Sequence[dict]) -> str:
     """The machines an ambiguous name matched, as a table."""
     rows = [(c.get("hostname"), c.get("uuid"), c.get("jid")) for c in candidates]

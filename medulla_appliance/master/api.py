@@ -10,12 +10,17 @@ The registry is any object with these methods, each returning a value or a Defer
     list_machines(online: bool | None = None) -> list[dict]
     find_machines(name: str) -> list[dict]       # hostname, uuid or JID
     machine_history(uuid: str, limit: int) -> list[dict]   # newest first
+    reset_key(uuid: str) -> None                 # the next enrolment pins a new key
     status() -> dict
+
+Reads are GET (and HEAD); the one change, ``POST /api/v1/machines/<name>/reset-key``,
+is POST only and logged at info level with the machine and the peer, for the audit trail.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import json
 from typing import Any
 
@@ -24,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 #: Longer request targets are refused with 414 before anything else is looked at.
 MAX_URI_BYTES = 2 * 1024
@@ -36,9 +41,11 @@ HISTORY_LIMIT = 50
 MAX_CANDIDATES = 50
 #: Idle HTTP connections are closed after this many seconds.
 IDLE_TIMEOUT = 60
+#: No endpoint reads a request body; a bigger one is dropped as it arrives and refused (413).
+MAX_BODY_BYTES = 4 * 1024
 
-_METHODS = (b"GET", b"HEAD")
-_ALLOW = b", ".join(_METHODS)
+_READ = (b"GET", b"HEAD")
+_WRITE = (b"POST",)
 _BOOLEANS = {b"true": True, b"false": False}
 
 
@@ -58,6 +65,28 @@ class ApiError(Exception):
         if message is not None:
             self.body["message"] = message
         self.body.update(extra or {})
+
+
+class BoundedRequest(Request):
+    """A request that keeps at most :data:`MAX_BODY_BYTES` of its body in memory.
+
+    Twisted would spool any body to a temporary file; here the excess is counted and
+    dropped, and ``body_too_large`` tells :class:`ApiResource` to answer 413.
+    """
+
+    body_too_large = False
+
+    def gotLength(self, length):
+        self.content = io.BytesIO()
+        self.body_too_large = length is not None and length > MAX_BODY_BYTES
+
+    def handleContentChunk(self, data):
+        if not self.body_too_large and self.content.tell() + len(data) > MAX_BODY_BYTES:
+            self.body_too_large = True  # chunked bodies have no length to check up front
+        if self.body_too_large:
+            self.content = io.BytesIO()  # nothing kept, not even the part below the limit
+            return
+        self.content.write(data)
 
 
 class ApiResource(Resource):
@@ -94,11 +123,16 @@ class ApiResource(Resource):
         if len(request.uri) > MAX_URI_BYTES:
             raise ApiError(414, "uri-too-long",
                            f"the request target is longer than {MAX_URI_BYTES} bytes")
+        if getattr(request, "body_too_large", False):
+            raise ApiError(413, "body-too-large",
+                           f"the request body is longer than {MAX_BODY_BYTES} bytes")
         self._authenticate(request)
-        handler, args = self._route(request.postpath)
-        if request.method not in _METHODS:
-            raise ApiError(405, "method-not-allowed", "only GET is supported here",
-                           headers=((b"Allow", _ALLOW),))
+        handler, methods, args = self._route(request.postpath)
+        if request.method not in methods:
+            names = " and ".join(m.decode() for m in methods)
+            verb = "is" if len(methods) == 1 else "are"
+            raise ApiError(405, "method-not-allowed", f"only {names} {verb} supported here",
+                           headers=((b"Allow", b", ".join(methods)),))
         return handler(request, *args)
 
     def _authenticate(self, request) -> None:
@@ -118,11 +152,13 @@ class ApiResource(Resource):
         if segments[:2] == [b"api", b"v1"]:
             rest = segments[2:]
             if rest == [b"status"]:
-                return self._status, ()
+                return self._status, _READ, ()
             if rest == [b"machines"]:
-                return self._machines, ()
+                return self._machines, _READ, ()
             if len(rest) == 2 and rest[0] == b"machines" and rest[1]:
-                return self._machine, (rest[1],)
+                return self._machine, _READ, (rest[1],)
+            if len(rest) == 3 and rest[0] == b"machines" and rest[1] and rest[2] == b"reset-key":
+                return self._reset_key, _WRITE, (rest[1],)
         raise ApiError(404, "not-found", "no such endpoint")
 
     # -- handlers: parameters in, registry calls, plain data out -----------------------
@@ -139,13 +175,31 @@ class ApiResource(Resource):
         return d
 
     def _machine(self, request, raw_name: bytes) -> defer.Deferred:
-        try:
-            name = raw_name.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(400, "bad-request", "the machine name is not valid UTF-8") from None
-        return defer.ensureDeferred(self._machine_details(name))
+        return defer.ensureDeferred(self._machine_details(_machine_name(raw_name)))
+
+    def _reset_key(self, request, raw_name: bytes) -> defer.Deferred:
+        return defer.ensureDeferred(self._reset_machine_key(_machine_name(raw_name), request))
 
     async def _machine_details(self, name: str) -> dict[str, Any]:
+        machine = await self._one_machine(name)
+        history = await defer.maybeDeferred(
+            self._registry.machine_history, machine["uuid"], HISTORY_LIMIT)
+        machine["history"] = list(history)[:HISTORY_LIMIT]
+        return machine
+
+    async def _reset_machine_key(self, name: str, request) -> dict[str, Any]:
+        machine = await self._one_machine(name)
+        await defer.maybeDeferred(self._registry.reset_key, machine["uuid"])
+        # The audit line: the token is shared, so the peer is who we can name.
+        self.log.info("API: {peer} reset the key {fingerprint} of machine {hostname} "
+                      "({uuid}); its next enrolment pins a new key",
+                      fingerprint=machine.get("key_fingerprint") or "(none)",
+                      hostname=machine.get("hostname"), uuid=machine["uuid"],
+                      peer=_peer(request))
+        return {"uuid": machine["uuid"], "hostname": machine.get("hostname"), "key_reset": True}
+
+    async def _one_machine(self, name: str) -> dict[str, Any]:
+        """The one machine *name* designates, or 404 (none) / 409 (several)."""
         matches = list(await defer.maybeDeferred(self._registry.find_machines, name))
         if not matches:
             raise ApiError(404, "not-found", f"no machine named {_echo(name)!r}", refusal=False)
@@ -156,11 +210,7 @@ class ApiResource(Resource):
                            f"{len(matches)} machines match {_echo(name)!r}; use a uuid or JID",
                            extra={"candidates": candidates, "count": len(matches)},
                            refusal=False)
-        machine = dict(matches[0])
-        history = await defer.maybeDeferred(
-            self._registry.machine_history, machine["uuid"], HISTORY_LIMIT)
-        machine["history"] = list(history)[:HISTORY_LIMIT]
-        return machine
+        return dict(matches[0])
 
     # -- rendering ---------------------------------------------------------------------
 
@@ -206,7 +256,9 @@ def make_api_site(registry: Any, token: str, *, clock: IReactorTime) -> Site:
 
     *clock* also drives the HTTP idle timeouts, so it is normally the reactor.
     """
+    # No endpoint reads a body, so a form body never becomes request.args.
     site = Site(make_api_resource(registry, token, clock=clock),
+                requestFactory=BoundedRequest, parsePOSTFormSubmission=False,
                 timeout=IDLE_TIMEOUT, reactor=clock)
     site.displayTracebacks = False
     return site
@@ -215,6 +267,13 @@ def make_api_site(registry: Any, token: str, *, clock: IReactorTime) -> Site:
 def _unauthorized(reason: str) -> ApiError:
     # The reason names what was wrong, never what was presented.
     return ApiError(401, "unauthorized", reason)
+
+
+def _machine_name(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad-request", "the machine name is not valid UTF-8") from None
 
 
 def _boolean_arg(request, name: bytes) -> bool | None:

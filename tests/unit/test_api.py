@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.test.requesthelper import DummyChannel
 
 from medulla_appliance.master import api
 
@@ -61,6 +62,10 @@ class FakeRegistry:
         self.calls.append(("machine_history", uuid, limit))
         return self.history.get(uuid, [])[:limit]  # a plain value: the API wraps it
 
+    def reset_key(self, uuid):
+        self.calls.append(("reset_key", uuid))
+        return self._answer(None)
+
     def status(self):
         self.calls.append(("status",))
         return self._answer({"version": "0.1.0", "xmpp": {"connected": True, "jid": "master@x/m"},
@@ -106,7 +111,7 @@ class Harness:
         self.site = api.make_api_site(registry, TOKEN, clock=self.clock)
         self.connections = []
 
-    def send(self, method, target, token=TOKEN, headers=()):
+    def send(self, method, target, token=TOKEN, headers=(), body=b""):
         proto = self.site.buildProtocol(PEER)
         transport = StringTransport(peerAddress=PEER)
         proto.makeConnection(transport)
@@ -116,10 +121,16 @@ class Harness:
             lines.append(f"Authorization: Bearer {token}")
         lines += list(headers)
         proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        for start in range(0, len(body), 1024):  # a body arrives in several reads
+            proto.dataReceived(body[start:start + 1024])
         return proto, transport
 
     def get(self, target, **kwargs):
         return self.request("GET", target, **kwargs)
+
+    def post(self, target, body=b"", headers=(), **kwargs):
+        headers = [f"Content-Length: {len(body)}", *headers]
+        return self.request("POST", target, headers=headers, body=body, **kwargs)
 
     def request(self, method, target, **kwargs):
         _, transport = self.send(method, target, **kwargs)
@@ -222,13 +233,154 @@ def test_unknown_endpoints_are_404_json(http, target):
     assert r.json == {"error": "not-found", "message": "no such endpoint"}
 
 
+@pytest.mark.parametrize("target", ["/api/v1/machines", "/api/v1/status",
+                                    "/api/v1/machines/ws-01"])
 @pytest.mark.parametrize("method", ["POST", "DELETE", "PUT"])
-def test_wrong_method_is_405_with_allow(http, registry, method):
-    r = http.request(method, "/api/v1/machines", headers=["Content-Length: 0"])
+def test_wrong_method_is_405_with_allow(http, registry, method, target):
+    r = http.request(method, target, headers=["Content-Length: 0"])
     assert r.code == 405
     assert r.header("allow") == "GET, HEAD"
-    assert r.json["error"] == "method-not-allowed"
+    assert r.json == {"error": "method-not-allowed",
+                      "message": "only GET and HEAD are supported here"}
     assert registry.calls == []
+
+
+# -- POST /api/v1/machines/<name>/reset-key --------------------------------------------
+
+def test_reset_key_resets_the_named_machine_and_says_which(http, registry):
+    r = http.post("/api/v1/machines/ws-01/reset-key")
+    assert r.code == 200
+    assert r.json == {"uuid": "m-1", "hostname": "ws-01", "key_reset": True}
+    assert registry.calls == [("find_machines", "ws-01"), ("reset_key", "m-1")]
+
+
+@pytest.mark.parametrize("name", ["m-2", "ws-02.k3x@medulla.test/5254"])
+def test_reset_key_finds_the_machine_by_uuid_or_jid(http, registry, name):
+    r = http.post("/api/v1/machines/%s/reset-key" % urllib.parse.quote(name, safe=""))
+    assert r.code == 200 and r.json["uuid"] == "m-2"
+    assert ("reset_key", "m-2") in registry.calls
+
+
+def test_reset_key_is_logged_with_the_machine_and_the_peer(http, events):
+    http.post("/api/v1/machines/ws-01/reset-key")
+    (audit,) = [e for e in events if "reset the key" in e.get("log_format", "")]
+    assert audit["log_level"].name == "info"
+    assert formatEvent(audit) == ("API: 127.0.0.1:40000 reset the key SHA256:x of machine "
+                                  "ws-01 (m-1); its next enrolment pins a new key")
+
+
+def test_reset_key_of_an_unknown_machine_is_404_and_resets_nothing(http, registry, events):
+    r = http.post("/api/v1/machines/ghost/reset-key")
+    assert r.code == 404
+    assert r.json == {"error": "not-found", "message": "no machine named 'ghost'"}
+    assert [c for c in registry.calls if c[0] == "reset_key"] == []
+    assert not [e for e in events if "reset the key" in e.get("log_format", "")]
+
+
+def test_reset_key_of_an_ambiguous_name_is_409_and_resets_nothing(http, registry):
+    r = http.post("/api/v1/machines/dup/reset-key")
+    assert r.code == 409
+    assert r.json["error"] == "ambiguous" and r.json["count"] == 2
+    assert [c["uuid"] for c in r.json["candidates"]] == ["m-3", "m-4"]
+    assert [c for c in registry.calls if c[0] == "reset_key"] == []
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE"])
+def test_reset_key_is_post_only(http, registry, method):
+    _, transport = http.send(method, "/api/v1/machines/ws-01/reset-key",
+                             headers=["Content-Length: 0"])
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ")
+    assert b"Allow: POST" in head.split(b"\r\n")
+    if method != "HEAD":
+        assert json.loads(body) == {"error": "method-not-allowed",
+                                    "message": "only POST is supported here"}
+    assert registry.calls == []
+
+
+@pytest.mark.parametrize("token", [None, "wrong-secret-value"])
+def test_reset_key_needs_the_token(http, registry, token):
+    r = http.post("/api/v1/machines/ws-01/reset-key", token=token)
+    assert r.code == 401
+    assert registry.calls == []
+
+
+def test_reset_key_failure_in_the_registry_is_500_and_no_audit_line(http, registry, events):
+    original = registry.reset_key
+
+    def failing(uuid):
+        original(uuid)
+        return defer.fail(RuntimeError("database is locked"))
+    registry.reset_key = failing
+    r = http.post("/api/v1/machines/ws-01/reset-key")
+    assert r.code == 500 and r.json["error"] == "internal"
+    assert not [e for e in events if "reset the key" in e.get("log_format", "")]
+
+
+@pytest.mark.parametrize("target", ["/api/v1/machines/ws-01/reset-key/",
+                                    "/api/v1/machines//reset-key",
+                                    "/api/v1/machines/ws-01/reset-keys",
+                                    "/api/v1/machines/ws-01/reset-key/x"])
+def test_reset_key_route_is_exact(http, registry, target):
+    r = http.post(target)
+    if target.endswith("reset-key/"):
+        assert r.code == 200  # one trailing slash is tolerated, as everywhere
+    else:
+        assert r.code == 404 and r.json["error"] == "not-found"
+        assert registry.calls == []
+
+
+def test_a_small_request_body_is_ignored(http, registry):
+    body = json.dumps({"reason": "reinstalled", "pad": "x" * 100}).encode()
+    r = http.post("/api/v1/machines/ws-01/reset-key", body=body,
+                  headers=["Content-Type: application/json"])
+    assert r.code == 200
+    assert registry.calls == [("find_machines", "ws-01"), ("reset_key", "m-1")]
+
+
+def test_a_form_body_cannot_add_parameters(http, registry):
+    r = http.post("/api/v1/machines/ws-01/reset-key", body=b"name=ws-02",
+                  headers=["Content-Type: application/x-www-form-urlencoded"])
+    assert r.code == 200 and r.json["uuid"] == "m-1"
+
+
+def test_a_body_of_exactly_the_limit_is_accepted(http):
+    r = http.post("/api/v1/machines/ws-01/reset-key", body=b"x" * api.MAX_BODY_BYTES)
+    assert r.code == 200
+
+
+def test_a_body_over_4_kib_is_413_before_auth_and_logged(http, registry, events):
+    r = http.post("/api/v1/machines/ws-01/reset-key", body=b"x" * (api.MAX_BODY_BYTES + 1),
+                  token=None)
+    assert r.code == 413
+    assert r.json == {"error": "body-too-large",
+                      "message": "the request body is longer than 4096 bytes"}
+    assert registry.calls == []
+    (refusal,) = [e for e in events if e.get("log_format", "").startswith("API refused")]
+    assert formatEvent(refusal).endswith(": 413 the request body is longer than 4096 bytes")
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_not_kept(http, registry):
+    chunk = b"x" * 1000
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
+    proto, transport = http.send("POST", "/api/v1/machines/ws-01/reset-key",
+                                 headers=["Transfer-Encoding: chunked"], body=body)
+    assert Response(transport.value()).code == 413
+    assert registry.calls == []
+
+
+def test_a_huge_body_is_dropped_as_it_arrives():
+    channel = DummyChannel()
+    channel.site = api.make_api_site(FakeRegistry(), TOKEN, clock=Clock())
+    request = api.BoundedRequest(channel)
+    request.gotLength(None)
+    for _ in range(1000):
+        request.handleContentChunk(b"x" * 1024)
+    assert request.body_too_large and request.content.tell() == 0
+    declared = api.BoundedRequest(channel)
+    declared.gotLength(10 * 1024 * 1024)
+    declared.handleContentChunk(b"x" * 10)
+    assert declared.body_too_large and declared.content.tell() == 0
 
 
 def test_head_gives_headers_without_body(http):
@@ -345,6 +497,6 @@ def test_any_target_gets_a_json_answer_never_a_500(segments, query):
     target = "/" + "/".join(urllib.parse.quote(s, safe="") for s in segments)
     target += "?" + urllib.parse.quote(query, safe="=&")
     r = harness.get(target)
-    assert r.code in (200, 400, 404, 409, 414)
+    assert r.code in (200, 400, 404, 405, 409, 414)
     assert isinstance(r.json, dict)
     harness.close()

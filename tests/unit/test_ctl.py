@@ -143,16 +143,36 @@ class Api:
             "/api/v1/machines/teapot": (200, "<html>not json</html>"),
             "/api/v1/machines/moved": (302, {}),
         }
+        self.post_routes = {
+            "/api/v1/machines/ws-01/reset-key": (200, {"uuid": "m-1", "hostname": "ws-01",
+                                                       "key_reset": True}),
+            "/api/v1/machines/ghost/reset-key": (404, {"error": "not-found",
+                                                       "message": "no machine named 'ghost'"}),
+            "/api/v1/machines/dup/reset-key": self.routes["/api/v1/machines/dup"],
+            "/api/v1/machines/evil/reset-key": (200, {"uuid": "m-6", "hostname": "\x1b[2Jevil",
+                                                      "key_reset": True}),
+            "/api/v1/machines/moved/reset-key": (302, {}),
+        }
         self.seen = []
+        self.posted = []
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 api.seen.append((self.path, self.headers.get("Authorization")))
+                self.answer(api.routes)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                api.posted.append((self.path, self.headers.get("Authorization"),
+                                   self.rfile.read(length)))
+                self.answer(api.post_routes)
+
+            def answer(self, routes):
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     code, body = 401, {"error": "unauthorized"}
                 else:
-                    code, body = api.routes.get(self.path, (404, {"error": "not-found"}))
+                    code, body = routes.get(self.path, (404, {"error": "not-found"}))
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -260,6 +280,76 @@ def test_ambiguous_machine_exits_1_listing_candidates(ctl):
     assert [line.split()[1] for line in lines[2:]] == ["m-3", "m-4"]
 
 
+def test_machine_reset_key_posts_and_says_what_happens_next(ctl, api):
+    code, out, err = ctl("machine", "reset-key", "ws-01")
+    assert (code, err) == (0, "")
+    assert out == "key of ws-01 (m-1) reset: its next enrolment pins the new key\n"
+    assert api.posted == [("/api/v1/machines/ws-01/reset-key", f"Bearer {TOKEN}", b"")]
+    assert api.seen == []  # one POST, nothing else
+
+
+@pytest.mark.parametrize("argv", [("--json", "machine", "reset-key", "ws-01"),
+                                  ("machine", "reset-key", "--json", "ws-01")])
+def test_machine_reset_key_json(ctl, argv):
+    code, out, _ = ctl(*argv)
+    assert code == 0
+    assert json.loads(out) == {"uuid": "m-1", "hostname": "ws-01", "key_reset": True}
+
+
+def test_machine_reset_key_quotes_the_name(ctl, api):
+    assert ctl("machine", "reset-key", "ws 01/x?y")[0] == 1
+    assert [p for p, _, _ in api.posted] == ["/api/v1/machines/ws%2001%2Fx%3Fy/reset-key"]
+
+
+def test_machine_reset_key_of_an_unknown_machine_exits_1(ctl):
+    assert ctl("machine", "reset-key", "ghost") == (
+        1, "", "medullactl: no machine named 'ghost'\n")
+
+
+def test_machine_reset_key_of_an_ambiguous_name_exits_1_listing_candidates(ctl, api):
+    code, out, err = ctl("machine", "reset-key", "dup")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == "medullactl: 2 machines match 'dup'; use a uuid or JID"
+    assert [line.split()[1] for line in lines[2:]] == ["m-3", "m-4"]
+
+
+def test_machine_reset_key_escapes_the_hostname(ctl):
+    code, out, _ = ctl("machine", "reset-key", "evil")
+    assert code == 0 and "\x1b" not in out
+    assert out.startswith("key of \\x1b[2Jevil (m-6) reset")
+
+
+def test_machine_reset_key_follows_no_redirect(ctl, api):
+    code, out, err = ctl("machine", "reset-key", "moved")
+    assert (code, out) == (1, "")
+    assert err == "medullactl: the master API answered HTTP 302 (error)\n"
+    assert [p for p, _, _ in api.posted] == ["/api/v1/machines/moved/reset-key"]
+    assert api.seen == []
+
+
+def test_machine_reset_key_unreachable_exits_3_and_wrong_token_exits_4(ctl, token_file, api):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = ctl("--url", f"http://127.0.0.1:{port}", "machine", "reset-key", "ws-01")
+    assert code == 3 and "connection refused" in err
+    with open(token_file, "w") as f:
+        f.write("not-the-token\n")
+    code, out, err = ctl("machine", "reset-key", "ws-01")
+    assert (code, out) == (4, "") and "HTTP 401" in err
+
+
+def test_machine_reset_key_needs_a_name(ctl, api):
+    assert ctl("machine", "reset-key")[0] == 2
+    assert api.posted == []
+
+
+def test_render_key_reset():
+    assert render.render_key_reset({"uuid": "m-1", "hostname": "ws-01", "key_reset": True}) == \
+        "key of ws-01 (m-1) reset: its next enrolment pins the new key"
+
+
 def test_status_human_and_json(ctl):
     code, out, _ = ctl("status")
     assert code == 0
@@ -316,7 +406,7 @@ def test_usage_errors_exit_2_and_help_exits_0(ctl):
     assert code == 2 and err == ("medullactl: invalid API URL 'file:///etc/shadow': "
                                  "expected http://HOST:PORT or https://...\n")
     for argv in (["--help"], ["machines", "--help"], ["machine", "show", "--help"],
-                 ["status", "--help"]):
+                 ["machine", "reset-key", "--help"], ["status", "--help"]):
         code, out, _ = ctl(*argv)
         assert code == 0 and out.startswith("usage: medullactl")
 
