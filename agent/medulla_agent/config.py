@@ -18,6 +18,10 @@ SCHEMA = Schema({
                        help="the installation's CA: the server's certificate must chain to it"),
         "max_reconnect_delay": Key("duration", "30s", min=1, max=3600,
                                    help="longest wait between reconnection attempts"),
+        "keepalive_interval": Key("duration", "60s", min=1, max=3600,
+                                  help="ping the XMPP server this often"),
+        "keepalive_timeout": Key("duration", "20s", min=1, max=600,
+                                 help="no answer within this: the network is gone, reconnect"),
     },
     "enrolment": {
         "enrolment_key": Key("secret", required=True,

@@ -75,12 +75,14 @@ class AgentService(service.MultiService):
         self.facts = facts
         self.jid = agent_jid(facts, self.state["suffix"], primary, self.domain)
         server, port = self.target
+        conn = self.cfg["connection"]
         self.link = XMPPClientService(
             self.jid, self.state["password"],
             endpoints.HostnameEndpoint(self.reactor, server, port),
-            tls_options(self.cfg["connection"]["ca_file"], self.domain), clock=self.reactor,
+            tls_options(conn["ca_file"], self.domain), clock=self.reactor,
             rand=self.rand, register_wanted=self._account_missing,
-            max_delay=self.cfg["connection"]["max_reconnect_delay"])
+            max_delay=conn["max_reconnect_delay"],
+            keepalive=(conn["keepalive_interval"], conn["keepalive_timeout"]))
         self.channel = EnvelopeChannel(self.jid, self.state.private_key, self.reactor,
                                        self._trust)
         for action in RESULTS:

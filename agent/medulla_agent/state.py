@@ -1,6 +1,7 @@
 """What the agent keeps between runs, under its state directory (0700):
 `agent.key` (its Ed25519 key, 0600, never leaves the machine) and `state.json` (0600:
-the JID suffix, the XMPP password it chose and the JID it made the account for, the relay the assessor gave it, its uuid)."""
+the JID suffix, the XMPP password it chose and the JID it made the account for, the
+relay the assessor gave it, its uuid)."""
 
 import json
 import os

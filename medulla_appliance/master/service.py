@@ -51,7 +51,8 @@ class MasterService(service.MultiService):
             self.jid, password,
             endpoints.HostnameEndpoint(reactor, cfg["xmpp"]["server"], cfg["xmpp"]["port"]),
             tls_options(cfg["xmpp"]["ca_file"], self.jid.host), clock=reactor,
-            register_wanted=lambda: cfg["xmpp"]["register_account"])
+            register_wanted=lambda: cfg["xmpp"]["register_account"],
+            keepalive=(cfg["xmpp"]["keepalive_interval"], cfg["xmpp"]["keepalive_timeout"]))
         for handler in (self.presence, self.channel.messages, self.pinger,
                         DiscoInfoHandler(kind="bot", name="medulla-master")):
             self.xmpp.addHandler(handler)

@@ -19,6 +19,7 @@ from medulla_appliance.testing.ports import free_tcp_port
 MASTER_MODULE = "medulla_appliance.master"
 AGENT_MODULE = "medulla_agent"
 SWARM_MODULE = "medulla_appliance.testing.swarm"
+CONNECTION_KEYS = ("max_reconnect_delay", "keepalive_interval", "keepalive_timeout")
 
 
 def _write_secret(path, text):
@@ -115,8 +116,14 @@ class Appliance:
 
     # -- agents --------------------------------------------------------------------------
 
-    def agent_config(self, name, **agent):
-        """Write an agentconf.ini for an agent named `name`; returns its path."""
+    def agent_config(self, name, connection=None, **agent):
+        """Write an agentconf.ini for an agent named `name`; returns its path.
+
+        `connection` overrides keys of [connection]; other keywords go to [agent]."""
+        connection = dict(connection or {})
+        for key in CONNECTION_KEYS:  # accepted as plain keywords too
+            if key in agent:
+                connection[key] = agent.pop(key)
         folder = self.workdir / "agents" / name
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "agentconf.ini"
@@ -124,7 +131,7 @@ class Appliance:
             "global": {"log_level": agent.pop("log_level", "INFO")},
             "connection": {"server": "127.0.0.1", "port": self.server.c2s_port,
                            "domain": self.domain, "ca_file": self.server.ca.cert_path,
-                           "max_reconnect_delay": agent.pop("max_reconnect_delay", "10s")},
+                           "max_reconnect_delay": "10s", **connection},
             "enrolment": {"enrolment_key": self.enrolment_key,
                           "master_public_key": self.master_public_key},
             "agent": {"state_dir": folder / "state", **agent},
@@ -132,9 +139,9 @@ class Appliance:
         os.chmod(path, 0o600)
         return path
 
-    def start_agent(self, name, **agent):
+    def start_agent(self, name, connection=None, **agent):
         """A real medulla-agent process (facts of this machine)."""
-        return self._spawn(name, [AGENT_MODULE], self.agent_config(name, **agent))
+        return self._spawn(name, [AGENT_MODULE], self.agent_config(name, connection, **agent))
 
     def start_swarm(self, name, count, prefix=None, **agent):
         """`count` agents with synthetic identities in one process (real connections)."""

@@ -134,7 +134,8 @@ class EnvelopeChannel:
             e = failure.value
             self.refusals.refused(sender, envelope.action, e.error, e.message)
             data = {**e.extra, "error": e.error, "message": e.message}
-            self._reply(sender, envelope, e.code, data)
+            if not envelope.is_result:  # results are never answered (PROTOCOL.md)
+                self._reply(sender, envelope, e.code, data)
             return
         self.log.failure("handler of {action} from {sender} failed", failure,
                          action=envelope.action, sender=sender.full())

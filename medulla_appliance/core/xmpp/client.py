@@ -13,6 +13,7 @@ from twisted.words.protocols.jabber import xmlstream
 from wokkel.subprotocols import StreamManager
 
 from .auth import make_client_factory
+from .handlers import KeepAlive
 
 DEFAULT_MIN_DELAY = 1.0
 DEFAULT_MAX_DELAY = 30.0
@@ -38,15 +39,17 @@ class XMPPClientService(service.MultiService):
     """Keeps one authenticated XMPP session as `jid`; handlers attach to `manager`.
 
     `endpoint` is a Twisted client endpoint (TCP to the XMPP server); `tls` the client
-    TLS options from `auth.tls_options`. `register_wanted()` says whether to try in-band
-    registration before authenticating (agents creating their own account).
+    TLS options from `auth.tls_options`; `keepalive` (interval, timeout) pings the server
+    to notice a network that vanished without closing the connection.
+    `register_wanted()` says whether to try in-band registration before authenticating
+    (agents creating their own account).
     """
 
     log = Logger()
 
     def __init__(self, jid, password, endpoint, tls, *, clock, rand=random.random,
                  register_wanted=lambda: False, min_delay=DEFAULT_MIN_DELAY,
-                 max_delay=DEFAULT_MAX_DELAY, iq_timeout=DEFAULT_IQ_TIMEOUT):
+                 max_delay=DEFAULT_MAX_DELAY, iq_timeout=DEFAULT_IQ_TIMEOUT, keepalive=None):
         super().__init__()
         self.jid = jid
         self.factory = make_client_factory(jid, password, tls, register_wanted)
@@ -64,6 +67,8 @@ class XMPPClientService(service.MultiService):
         self.connector = internet.ClientService(
             endpoint, self.factory, retryPolicy=retry_policy, clock=clock)
         self.connector.setServiceParent(self)
+        if keepalive is not None:  # (interval, timeout) in seconds
+            self.addHandler(KeepAlive(clock, *keepalive))
 
     @property
     def connected(self):

@@ -51,6 +51,49 @@ class PingHandler(XMPPHandler):
         return d
 
 
+class KeepAlive(XMPPHandler):
+    """Pings our own server every `interval` seconds; no answer within `timeout` means
+    the network went away silently (no RST, no FIN), so the link is dropped and the
+    client's backoff reconnects. Without it a half-open TCP session could last hours."""
+
+    log = Logger()
+
+    def __init__(self, clock, interval, timeout):
+        super().__init__()
+        self.clock, self.interval, self.timeout = clock, interval, timeout
+        self._call = None
+        self._pinger = PingHandler()
+
+    def connectionInitialized(self):
+        self._pinger.xmlstream = self.xmlstream
+        self._pinger.parent = self.parent
+        self._schedule()
+
+    def connectionLost(self, reason):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self):
+        self._call = self.clock.callLater(self.interval, self._ping)
+
+    def _ping(self):
+        xs = self.xmlstream
+        server = JID(xs.authenticator.jid.host)
+        self._pinger.ping(server, self.timeout).addCallback(self._answered, xs)
+
+    def _answered(self, alive, xs):
+        if xs is not self.xmlstream:
+            return  # that stream is gone already
+        if alive:
+            self._schedule()
+            return
+        self.log.warn("no answer from the XMPP server in {timeout}s: reconnecting",
+                      timeout=self.timeout)
+        if xs.transport is not None:
+            xs.transport.abortConnection()
+
+
 class DiscoInfoHandler(XMPPHandler):
     """Answers disco#info with who we are and which features we speak."""
 
