@@ -68,3 +68,5 @@ def start_logging(level_name, stream=None, environ=None):
 def set_level(predicate, level_name):
     """Change the level of a running daemon (on reload)."""
     predicate.defaultLogLevel = LEVELS[level_name.upper()]
+    # The predicate copied its default at construction: only this changes what it lets by.
+    predicate.setLogLevelForNamespace("", predicate.defaultLogLevel)

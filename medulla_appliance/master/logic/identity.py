@@ -14,10 +14,10 @@ from dataclasses import dataclass
 MAX_MACS = 64
 MAX_IPS = 128
 MAX_TEXT = 256
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
-SUFFIX_RE = re.compile(r"^[a-z0-9]{3}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9.+~_-]{1,64}$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})\Z")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}\Z")
+SUFFIX_RE = re.compile(r"^[a-z0-9]{3}\Z")
+VERSION_RE = re.compile(r"^[A-Za-z0-9.+~_-]{1,64}\Z")
 SERVICES = ("ssh", "vnc", "rdp")
 
 
@@ -82,6 +82,8 @@ def parse_facts(data):
     ips = []
     for ip in _list(data, "ips", MAX_IPS):
         try:
+            if "%" in ip:  # an IPv6 scope id is free text (spaces, newlines) and host-local
+                raise ValueError(ip)
             ips.append(str(ipaddress.ip_address(ip)))
         except ValueError:
             raise Refused(400, "bad-field", "ips: not an IP address: %r" % ip[:64]) from None
