@@ -96,7 +96,11 @@ def apply_migrations(conn, migrations):
             c.execute("INSERT INTO schema_version VALUES (?, ?, strftime('%s','now'))",
                       (m.version, m.description))
 
-        transaction(conn, step)
+        try:
+            transaction(conn, step)
+        except sqlite3.Error as e:
+            raise StoreError("migration %d (%s) failed, nothing of it was applied: %s"
+                             % (migration.version, migration.description, e)) from e
         applied.append(migration.version)
     return applied
 
@@ -123,6 +127,8 @@ class Store:
 
     def run(self, fn, *args, **kwargs):
         """Deferred result of fn(conn, *args, **kwargs) run in one transaction."""
+        if self._conn is None:
+            return defer.fail(StoreError("the store %s is closed" % self.url))
         if not self._threaded:
             return defer.maybeDeferred(transaction, self._conn, fn, *args, **kwargs)
         if self._pool is None:
@@ -141,4 +147,6 @@ class Store:
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

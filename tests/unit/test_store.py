@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 
@@ -88,7 +87,7 @@ def test_migrations_out_of_order_are_refused(url, migrations):
 
 def test_a_failing_migration_leaves_nothing_behind(url):
     broken = Migration(2, "broken", ("CREATE TABLE half (x)", "THIS IS NOT SQL"))
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(StoreError, match=r"migration 2 \(broken\) failed, nothing of it"):
         Store(url, (NOTES_V1, broken), threaded=False)
     store = Store(url, (NOTES_V1,), threaded=False)
     assert versions(store) == [(1, "notes")]
@@ -217,3 +216,13 @@ class ThreadedStoreTests(trial.TestCase):
         count = yield self.store.run(lambda c: c.execute(
             "SELECT COUNT(*) FROM notes").fetchone()[0])
         self.assertEqual(count, 0)
+
+
+def test_run_after_close_fails_cleanly(tmp_path):
+    store = Store("sqlite:" + str(tmp_path / "m.sqlite"), (), threaded=False)
+    store.close()
+    store.close()  # twice is fine
+    caught = []
+    store.run(lambda c: 1).addErrback(caught.append)
+    assert len(caught) == 1 and caught[0].check(StoreError)
+    assert "closed" in caught[0].getErrorMessage()
