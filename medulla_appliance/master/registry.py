@@ -9,6 +9,7 @@ import uuid as uuid_mod
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import JID
 
 from .. import __version__
 from . import storage
@@ -114,6 +115,18 @@ class Registry:
 
     def uuid_for(self, jid):
         return self._uuid_by_jid.get(jid.userhost())
+
+    def online_uuids(self):
+        """The uuids of the machines online now."""
+        return set(self._online)
+
+    def full_jid(self, uid):
+        """The JID of a machine's live session, or None when it is offline."""
+        full = self._online.get(uid)
+        return JID(full) if full else None
+
+    def bare_jid(self, uid):
+        return self._jid_by_uuid.get(uid, "")
 
     def available(self, jid):
         """An enrolled agent's session is up (presence available)."""

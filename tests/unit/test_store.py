@@ -47,10 +47,11 @@ def url(tmp_path):
 
 def test_migrations_are_applied_once_and_recorded(url):
     store = Store(url, storage.MIGRATIONS, threaded=False)
-    assert versions(store) == [(1, storage.MIGRATIONS[0].description)]
+    assert versions(store) == [(m.version, m.description) for m in storage.MIGRATIONS]
     tables = result_of(store.run(lambda c: {r[0] for r in c.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}))
-    assert {"machines", "machine_macs", "machine_events", "schema_version"} <= tables
+    assert {"machines", "machine_macs", "machine_events", "schema_version",
+            "deployments", "deployment_targets", "deployment_log"} <= tables
     store.close()
 
 
@@ -226,3 +227,16 @@ def test_run_after_close_fails_cleanly(tmp_path):
     store.run(lambda c: 1).addErrback(caught.append)
     assert len(caught) == 1 and caught[0].check(StoreError)
     assert "closed" in caught[0].getErrorMessage()
+
+
+def test_an_older_store_migrates_and_keeps_its_machines(url):
+    old = Store(url, storage.MIGRATIONS[:1], threaded=False)
+    result_of(old.run(lambda c: c.execute(
+        "INSERT INTO machines (uuid, hostname, jid, enrolled_at, updated_at) "
+        "VALUES ('m-1', 'pc01', 'pc01.abc@d', 1, 1)")))
+    old.close()
+    new = Store(url, storage.MIGRATIONS, threaded=False)
+    assert [v for v, _ in versions(new)] == [m.version for m in storage.MIGRATIONS]
+    assert result_of(new.run(lambda c: c.execute(
+        "SELECT hostname FROM machines").fetchall()))[0][0] == "pc01"
+    new.close()

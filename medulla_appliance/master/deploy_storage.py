@@ -1,0 +1,131 @@
+"""Queries on the deployment tables (migration 2 of storage.MIGRATIONS): plain
+functions of a DB-API connection, run by Store.run in one transaction each."""
+
+from .logic import scheduler
+
+OUTPUT_LIMIT = 64 * 1024
+_TARGET_COLUMNS = ("uuid", "state", "attempts", "session", "step", "detail", "updated_at")
+
+
+def create(conn, dep, uuids, now):
+    """Insert deployment `dep` (a dict of its columns) with `uuids` as targets, pending."""
+    conn.execute("INSERT INTO deployments (%s) VALUES (%s)" % (
+        ", ".join(dep), ", ".join("?" * len(dep))), tuple(dep.values()))
+    conn.executemany(
+        "INSERT INTO deployment_targets (deployment_id, uuid, state, updated_at) "
+        "VALUES (?, ?, ?, ?)", [(dep["id"], u, scheduler.PENDING, now) for u in uuids])
+    for uuid in uuids:
+        log(conn, dep["id"], uuid, now, "", "state", scheduler.PENDING)
+
+
+def log(conn, dep_id, uuid, ts, session, kind, label, ok=None, ret=None, output=""):
+    conn.execute("INSERT INTO deployment_log (deployment_id, uuid, ts, session, kind, label, "
+                 "ok, ret, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (dep_id, uuid, ts, session, kind, label,
+                  None if ok is None else int(ok), ret, output[-OUTPUT_LIMIT:]))
+
+
+def active(conn):
+    """Deployments with targets not yet in a final state."""
+    final = ",".join("?" * len(scheduler.FINAL))
+    rows = conn.execute(
+        "SELECT DISTINCT d.* FROM deployments d JOIN deployment_targets t "
+        "ON t.deployment_id = d.id WHERE t.state NOT IN (%s) "
+        "OR (t.state = ? AND t.attempts <= d.retries AND d.stopped = 0)" % final,
+        (*scheduler.FINAL, scheduler.TRANSFER_FAILED)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def targets(conn, dep_id):
+    rows = conn.execute(
+        "SELECT t.%s, m.relay, m.hostname FROM deployment_targets t JOIN machines m "
+        "ON m.uuid = t.uuid WHERE t.deployment_id = ? ORDER BY m.hostname"
+        % ", t.".join(_TARGET_COLUMNS), (dep_id,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def set_state(conn, dep_id, uuid, state, now, *, session=None, attempt=False, step="",
+              detail=""):
+    sets = ["state = ?", "updated_at = ?", "step = ?", "detail = ?"]
+    args = [state, now, step, detail[-OUTPUT_LIMIT:]]
+    if session is not None:
+        sets.append("session = ?")
+        args.append(session)
+    if attempt:
+        sets.append("attempts = attempts + 1")
+    conn.execute("UPDATE deployment_targets SET %s WHERE deployment_id = ? AND uuid = ?"
+                 % ", ".join(sets), (*args, dep_id, uuid))
+    log(conn, dep_id, uuid, now, session or "", "state", state, output=detail)
+
+
+def target_by_session(conn, session):
+    row = conn.execute("SELECT deployment_id, uuid, state FROM deployment_targets "
+                       "WHERE session = ?", (session,)).fetchone()
+    return dict(row) if row else None
+
+
+def stop(conn, dep_id):
+    return conn.execute("UPDATE deployments SET stopped = 1 WHERE id = ?", (dep_id,)).rowcount
+
+
+def restart(conn, dep_id, now):
+    """Failed, stopped or expired targets start over (success stays)."""
+    conn.execute("UPDATE deployments SET stopped = 0 WHERE id = ?", (dep_id,))
+    redo = [r[0] for r in conn.execute(
+        "SELECT uuid FROM deployment_targets WHERE deployment_id = ? AND state != ? "
+        "AND state != ?", (dep_id, scheduler.SUCCESS, scheduler.STARTED))]
+    for uuid in redo:
+        conn.execute("UPDATE deployment_targets SET state = ?, attempts = 0, session = '', "
+                     "updated_at = ? WHERE deployment_id = ? AND uuid = ?",
+                     (scheduler.PENDING, now, dep_id, uuid))
+        log(conn, dep_id, uuid, now, "", "state", scheduler.PENDING, output="restarted")
+    return len(redo)
+
+
+def get(conn, dep_id):
+    row = conn.execute("SELECT * FROM deployments WHERE id = ?", (dep_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def summary(conn, limit=100):
+    """Newest deployments with their targets counted by state."""
+    deps = [dict(r) for r in conn.execute(
+        "SELECT * FROM deployments ORDER BY created_at DESC LIMIT ?", (limit,))]
+    for dep in deps:
+        dep["states"] = dict(conn.execute(
+            "SELECT state, COUNT(*) FROM deployment_targets WHERE deployment_id = ? "
+            "GROUP BY state", (dep["id"],)).fetchall())
+    return deps
+
+
+def audit(conn, dep_id, uuid):
+    rows = conn.execute("SELECT ts, session, kind, label, ok, ret, output FROM deployment_log "
+                        "WHERE deployment_id = ? AND uuid = ? ORDER BY id", (dep_id, uuid))
+    return [dict(r) for r in rows]
+
+
+def relays_with(conn, package_id, descriptor_sha256):
+    return {r[0] for r in conn.execute(
+        "SELECT relay FROM packages_on_relays WHERE package_id = ? AND descriptor_sha256 = ?",
+        (package_id, descriptor_sha256))}
+
+
+def package_synced(conn, relay, package_id, descriptor_sha256, now):
+    conn.execute("INSERT OR REPLACE INTO packages_on_relays VALUES (?, ?, ?, ?)",
+                 (relay, package_id, descriptor_sha256, now))
+
+
+def running_per_relay(conn):
+    return dict(conn.execute(
+        "SELECT m.relay, COUNT(*) FROM deployment_targets t JOIN machines m "
+        "ON m.uuid = t.uuid WHERE t.state = ? GROUP BY m.relay", (scheduler.STARTED,)))
+
+
+def group_members(conn, name):
+    return [r[0] for r in conn.execute(
+        "SELECT uuid FROM machine_groups WHERE name = ? ORDER BY uuid", (name,))]
+
+
+def set_group(conn, name, uuids):
+    conn.execute("DELETE FROM machine_groups WHERE name = ?", (name,))
+    conn.executemany("INSERT INTO machine_groups VALUES (?, ?)", [(name, u) for u in uuids])

@@ -1,0 +1,218 @@
+"""Deployments on the master: create them, schedule their targets pass by pass, send
+`deploy.start` to agents, record what they report, stop and restart them.
+
+Everything lives in the store, so a restarted master carries on where it was; a pass
+runs every `tick` seconds and whenever something changes (a result, a new deployment).
+"""
+
+import os
+
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+
+from ..core.xmpp.channel import Refusal
+from . import deploy_storage as ds
+from .logic import scheduler
+
+DEFAULT_WINDOW_SECONDS = 24 * 3600
+MASTER_RELAY = "master"
+
+
+class DeploymentError(Exception):
+    """A deployment request we refuse: the message says why (shown by the API)."""
+
+
+class Deployments:
+    """The master's deployment coordinator."""
+
+    log = Logger()
+
+    def __init__(self, store, clock, registry, channel, make_token, packages, relay_urls, *,
+                 tick=1.0, rand=os.urandom):
+        self.store, self.clock, self.registry, self.channel = store, clock, registry, channel
+        self.make_token = make_token      # (claims) -> token text
+        self.packages = packages          # a packages.store.PackageStore
+        self.relay_urls = dict(relay_urls)
+        self.rand = rand
+        self._loop = task.LoopingCall(self.run_pass)
+        self._loop.clock = clock
+        self._tick = tick
+        self._passing = None
+
+    def start(self):
+        self._loop.start(self._tick, now=False)
+
+    def stop(self):
+        if self._loop.running:
+            self._loop.stop()
+
+    # -- admin requests ----------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def create(self, package_id, names, *, start_at=None, end_at=None, max_per_relay=10,
+               retries=1, sequence="install"):
+        try:
+            descriptor = yield threads.deferToThread(self.packages.get, package_id)
+            sha = yield threads.deferToThread(self.packages.descriptor_sha256, package_id)
+        except Exception as e:
+            raise DeploymentError("no usable package %r: %s" % (package_id, e)) from None
+        if sequence not in descriptor.sequences.get("linux", {}):
+            raise DeploymentError("package %r has no linux %r sequence" % (package_id, sequence))
+        uuids = yield self._resolve(names)
+        now = self.clock.seconds()
+        start_at = now if start_at is None else float(start_at)
+        end_at = start_at + DEFAULT_WINDOW_SECONDS if end_at is None else float(end_at)
+        if end_at <= start_at:
+            raise DeploymentError("the window ends before it starts")
+        dep = {"id": "dep-" + self.rand(8).hex(), "package_id": package_id,
+               "package_name": descriptor.name, "package_version": descriptor.version,
+               "descriptor_sha256": sha, "sequence": sequence, "start_at": start_at,
+               "end_at": end_at, "max_per_relay": int(max_per_relay), "retries": int(retries),
+               "created_at": now}
+        yield self.store.run(ds.create, dep, uuids, now)
+        self.log.info("deployment {id} of {pkg} to {n} machines created", id=dep["id"],
+                      pkg=package_id, n=len(uuids))
+        self.clock.callLater(0, self.run_pass)
+        return dep
+
+    @defer.inlineCallbacks
+    def _resolve(self, names):
+        uuids = []
+        for name in names:
+            if name.startswith("group:"):
+                members = yield self.store.run(ds.group_members, name[len("group:"):])
+                if not members:
+                    raise DeploymentError("group %r is empty or unknown" % name[6:])
+                uuids.extend(members)
+                continue
+            found = yield self.registry.find_machines(name)
+            if len(found) != 1:
+                raise DeploymentError("%s machine named %r" % (
+                    "no" if not found else "more than one", name))
+            uuids.append(found[0]["uuid"])
+        if not uuids:
+            raise DeploymentError("no target")
+        return list(dict.fromkeys(uuids))
+
+    @defer.inlineCallbacks
+    def stop_deployment(self, dep_id):
+        if not (yield self.store.run(ds.stop, dep_id)):
+            raise DeploymentError("no deployment %r" % dep_id)
+        for target in (yield self.store.run(ds.targets, dep_id)):
+            if target["state"] == scheduler.STARTED:
+                self._send(target["uuid"], "deploy.stop", {"deployment": dep_id},
+                           target["session"])
+        self.clock.callLater(0, self.run_pass)
+
+    @defer.inlineCallbacks
+    def restart_deployment(self, dep_id):
+        if (yield self.store.run(ds.get, dep_id)) is None:
+            raise DeploymentError("no deployment %r" % dep_id)
+        count = yield self.store.run(ds.restart, dep_id, self.clock.seconds())
+        self.clock.callLater(0, self.run_pass)
+        return count
+
+    # -- scheduling --------------------------------------------------------------------
+
+    def run_pass(self):
+        """One scheduling pass (never two at once); errors are logged, never raised."""
+        if self._passing is not None:
+            return self._passing
+        self._passing = defer.ensureDeferred(self._pass())
+        self._passing.addErrback(lambda f: self.log.failure("deployment pass failed", f))
+
+        def done(_):
+            self._passing = None
+        self._passing.addBoth(done)
+        return self._passing
+
+    async def _pass(self):
+        now = self.clock.seconds()
+        online = self.registry.online_uuids()
+        busy = await self.store.run(ds.running_per_relay)
+        for dep in await self.store.run(ds.active):
+            rows = await self.store.run(ds.targets, dep["id"])
+            ready = {MASTER_RELAY} | await self.store.run(
+                ds.relays_with, dep["package_id"], dep["descriptor_sha256"])
+            window = scheduler.Window(dep["start_at"], dep["end_at"], dep["max_per_relay"],
+                                      dep["retries"], bool(dep["stopped"]))
+            targets = [scheduler.Target(r["uuid"], r["state"], r["attempts"], r["relay"])
+                       for r in rows]
+            by_uuid = {r["uuid"]: r for r in rows}
+            for d in scheduler.decide(now, window, targets, online, ready, busy):
+                if d.start:
+                    await self._start(dep, by_uuid[d.uuid], now)
+                    busy[by_uuid[d.uuid]["relay"]] = busy.get(by_uuid[d.uuid]["relay"], 0) + 1
+                else:
+                    await self.store.run(ds.set_state, dep["id"], d.uuid, d.state, now)
+
+    async def _start(self, dep, target, now):
+        attempt = target["attempts"] + 1
+        session = "%s:%s:%d" % (dep["id"], target["uuid"], attempt)
+        relay = target["relay"] or MASTER_RELAY
+        url = self.relay_urls.get(relay)
+        claims = {"pkg": dep["package_id"], "dep": session, "exp": int(dep["end_at"]),
+                  "sub": self.registry.bare_jid(target["uuid"])}
+        data = {"deployment": dep["id"], "package": dep["package_id"],
+                "descriptor_sha256": dep["descriptor_sha256"], "sequence": dep["sequence"],
+                "url": "%s/packages/%s/" % (url.rstrip("/"), dep["package_id"]) if url else "",
+                "token": self.make_token(claims), "deadline": dep["end_at"]}
+        await self.store.run(ds.set_state, dep["id"], target["uuid"], scheduler.STARTED, now,
+                             session=session, attempt=True, detail="attempt %d" % attempt)
+        self._send(target["uuid"], "deploy.start", data, session)
+
+    def _send(self, uuid, action, data, session):
+        jid = self.registry.full_jid(uuid)
+        if jid is None:
+            return
+        self.channel.send_new(jid, action, data, sessionid=session)
+
+    # -- what agents report ------------------------------------------------------------
+
+    async def _own_target(self, sender, envelope):
+        target = await self.store.run(ds.target_by_session, envelope.sessionid)
+        if target is None or self.registry.uuid_for(sender) != target["uuid"]:
+            raise Refusal(403, "not-your-deployment",
+                          "session %s does not belong to the sender" % envelope.sessionid[:128])
+        return target
+
+    async def on_progress(self, sender, envelope):
+        """deploy.progress: one step's outcome, kept in the audit log."""
+        target = await self._own_target(sender, envelope)
+        d = envelope.data
+        await self.store.run(ds.log, target["deployment_id"], target["uuid"],
+                             self.clock.seconds(), envelope.sessionid, "step",
+                             str(d.get("label", ""))[:128], bool(d.get("ok")),
+                             d.get("ret") if isinstance(d.get("ret"), int) else None,
+                             str(d.get("output", "")))
+        return None
+
+    async def on_result(self, sender, envelope):
+        """deploy.result: the final state of a target; acknowledged so the agent forgets it."""
+        target = await self._own_target(sender, envelope)
+        d = envelope.data
+        if target["state"] == scheduler.STARTED:
+            state = scheduler.outcome_state(d.get("state"))
+            await self.store.run(ds.set_state, target["deployment_id"], target["uuid"], state,
+                                 self.clock.seconds(), step=str(d.get("step", ""))[:128],
+                                 detail=str(d.get("message", "")))
+            self.log.info("deployment {dep} on {uuid}: {state}",
+                          dep=target["deployment_id"], uuid=target["uuid"], state=state)
+            self.clock.callLater(0, self.run_pass)
+        return {"recorded": True}
+
+    # -- what the API reads ------------------------------------------------------------
+
+    def summary(self):
+        return self.store.run(ds.summary)
+
+    @defer.inlineCallbacks
+    def details(self, dep_id):
+        dep = yield self.store.run(ds.get, dep_id)
+        if dep is None:
+            raise DeploymentError("no deployment %r" % dep_id)
+        dep["targets"] = yield self.store.run(ds.targets, dep_id)
+        return dep
+
+    def audit(self, dep_id, uuid):
+        return self.store.run(ds.audit, dep_id, uuid)
