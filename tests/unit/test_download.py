@@ -4,6 +4,8 @@ A real twisted.web server on 127.0.0.1:0 serves the files (with Range support)."
 
 import hashlib
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -41,8 +43,9 @@ class Lying(resource.Resource):
 
 class DownloadTests(unittest.TestCase):
     def setUp(self):
-        self.folder = self.mktemp()
-        os.makedirs(self.folder)
+        # Not trial's mktemp(): that writes into the current folder, i.e. the checkout.
+        self.folder = tempfile.mkdtemp(prefix="medulla-dl-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
         with open(os.path.join(self.folder, "pkg.bin"), "wb") as f:
             f.write(BODY)
         self.root = Tokened(self.folder)
@@ -50,7 +53,7 @@ class DownloadTests(unittest.TestCase):
         self.port = reactor.listenTCP(0, server.Site(self.root), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = "http://127.0.0.1:%d/" % self.port.getHost().port
-        self.dest = os.path.join(self.mktemp() + "-dl")
+        self.dest = os.path.join(self.folder, "downloaded.bin")
         self.downloader = Downloader(reactor, timeout=10)
 
     @defer.inlineCallbacks
