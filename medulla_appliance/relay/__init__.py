@@ -1,0 +1,1 @@
+"""medulla-relay: serves complete packages to agents over HTTP(S) (package role)."""
