@@ -35,5 +35,7 @@ SCHEMA = Schema({
         "state_dir": Key("path", "/var/lib/medulla-agent",
                          help="the agent's key and state (created 0700)"),
         "inventory_tag": Key("str", "", help="tag the assessor may use to pick a relay"),
+        "max_package_bytes": Key("int", 10 * 1024 ** 3, min=1,
+                                 help="largest package the agent downloads (bytes)"),
     },
 })

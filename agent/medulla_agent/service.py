@@ -1,6 +1,8 @@
 """medulla-agent's service: one XMPP link to its server, presence, enrolment."""
 
+import os
 import random
+import socket
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -14,9 +16,12 @@ from medulla_appliance.core.xmpp.client import XMPPClientService
 from medulla_appliance.core.xmpp.handlers import DiscoInfoHandler, PingHandler
 
 from .config import ENROLMENT_KEY_CHARS
+from .deploy import Jobs
+from .download import Downloader
 from .enrolment import Enrolment
 from .facts import collect
 from .protocol import AgentPresence
+from .runner import Runner
 from .state import AgentState
 
 RESULTS = ("result.agent.assess", "result.agent.register")
@@ -58,10 +63,15 @@ class AgentService(service.MultiService):
                                    self._registered, rand=rand)
         self.link = self.channel = self.facts = self.jid = None
         self.registered = False
+        self.jobs = Jobs(os.path.join(self.state.directory, "deployments"), reactor,
+                         self._send_to_master, Downloader(reactor, conn["ca_file"]),
+                         lambda cwd: Runner(reactor, cwd),
+                         max_bytes=cfg["agent"]["max_package_bytes"])
 
     def startService(self):
         super().startService()
         self._connect()
+        self.jobs.resume()
 
     def status_line(self):
         state = "connected" if self.link and self.link.connected else "connecting"
@@ -74,6 +84,7 @@ class AgentService(service.MultiService):
         primary = facts.pop("primary_mac")
         self.facts = facts
         self.jid = agent_jid(facts, self.state["suffix"], primary, self.domain)
+        self.jobs.env = self._runtime_env()
         server, port = self.target
         conn = self.cfg["connection"]
         self.link = XMPPClientService(
@@ -87,12 +98,31 @@ class AgentService(service.MultiService):
                                        self._trust)
         for action in RESULTS:
             self.channel.handle(action, self._on_result)
+        self.channel.handle("deploy.start", self.jobs.on_start)
+        self.channel.handle("deploy.stop", self.jobs.on_stop)
+        self.channel.handle("result.deploy.result", self.jobs.on_ack)
         for handler in (AgentPresence(self.master_jid, self._session_changed,
                                       self._master_changed),
                         self.channel.messages, PingHandler(),
                         DiscoInfoHandler(kind="pc", name="medulla-agent")):
             self.link.addHandler(handler)
         self.link.setServiceParent(self)
+
+    def _runtime_env(self):
+        """What package steps may read about this machine (Medulla's run-time templates)."""
+        ips = self.facts.get("ips", [])
+        uname = os.uname()
+        return {
+            "MEDULLA_HOSTNAME": self.facts["hostname"], "MEDULLA_FQDN": socket.getfqdn(),
+            "MEDULLA_JID_MASTER": self.master_jid.full(), "MEDULLA_JID_MACHINE": self.jid.full(),
+            "MEDULLA_JID_RELAY": self.master_jid.full(),
+            "MEDULLA_IP_MACHINE": ips[0] if ips else "", "MEDULLA_IPS": " ".join(ips),
+            "MEDULLA_MACS": " ".join(self.facts.get("macs", [])),
+            "MEDULLA_IP_MASTER": self.target[0], "MEDULLA_IP_RELAY": self.target[0],
+            "MEDULLA_ARCH": uname.machine, "MEDULLA_OS_NAME": self.facts.get("os", ""),
+            "MEDULLA_KERNEL_VERSION": uname.release, "MEDULLA_TMP_DIR": "/tmp",
+            "MEDULLA_USER": "root", "MEDULLA_HOME": "/root",
+            "MEDULLA_PYTHON": "/usr/bin/python3"}
 
     def _account_missing(self):
         # The account belongs to a JID; a renamed machine has a new JID, so a new account.
@@ -113,6 +143,11 @@ class AgentService(service.MultiService):
     def _master_changed(self, available):
         if available:
             self.enrolment.master_available()
+            self.jobs.resend_results()
+
+    def _send_to_master(self, action, data, session):
+        if self.channel is not None:
+            self.channel.send_new(self.master_jid, action, data, sessionid=session)
 
     def _send_request(self, action):
         data = dict(self.facts, public_key=self.state.public_key_text)

@@ -1,8 +1,8 @@
 """``medullactl``: the admin command line over the master's HTTP API.
 
 Exit codes: 0 ok, 1 not found / ambiguous / API error, 2 usage, 3 the master cannot be
-reached, 4 token or authentication problem. Errors are one line on stderr, never a
-traceback.
+reached, 4 token or authentication problem, 130 interrupted (Ctrl-C). Errors are one line
+on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from medulla_appliance.ctl import render
+from medulla_appliance.ctl import guard_commands, render
 from medulla_appliance.ctl.client import (
     DEFAULT_URL,
     EXIT_API,
@@ -24,6 +24,7 @@ from medulla_appliance.ctl.client import (
     ClientError,
     check_url,
 )
+from medulla_appliance.ctl.deploy_commands import UsageError, add_commands
 from medulla_appliance.master.apitoken import DEFAULT_TOKEN_PATH, TokenFileError, read_token
 
 EXIT_OK = 0
@@ -57,9 +58,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Query the Medulla master: machines, their history, its status; "
-                    "reset a machine's pinned key.",
+                    "reset a machine's pinned key; add packages, deploy them and audit "
+                    "the deployments.",
         epilog="exit codes: 0 ok, 1 not found/ambiguous/API error, 2 usage, "
-               "3 master unreachable, 4 token/authentication")
+               "3 master unreachable, 4 token/authentication, 130 interrupted")
     _add_global_options(parser, env)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -96,6 +98,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     status = command(commands, "status", help="master status",
                      description="Show the master's version, XMPP link and machine counts.")
     status.set_defaults(run=_status)
+    add_commands(commands, command)
+    guard_commands.add_parser(commands, command)
     return parser
 
 
@@ -146,7 +150,8 @@ def _error(err: TextIO, message: str) -> None:
 
 def run(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
         stdout: TextIO | None = None, stderr: TextIO | None = None,
-        now: Callable[[], float] = time.time) -> int:
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep) -> int:
     """Run one command and return its exit code (``main`` without ``sys.exit``)."""
     env = os.environ if env is None else env
     out = sys.stdout if stdout is None else stdout
@@ -156,6 +161,8 @@ def run(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = No
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    if hasattr(args, "run_local"):  # talks to a daemon on this host, not to the master
+        return args.run_local(args, out, err)
     try:
         url = check_url(args.url)
     except ValueError as e:
@@ -167,8 +174,12 @@ def run(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = No
         _error(err, str(e))
         return EXIT_AUTH
     client = ApiClient(url, token, token_file=args.token_file)
+    args.clock, args.sleep, args.print_json = now, sleep, _print_json  # for long commands
     try:
         return args.run(client, args, out, now())
+    except UsageError as e:
+        _error(err, str(e))
+        return EXIT_USAGE
     except Ambiguous as e:
         _error(err, e.body.get("message") or str(e))
         candidates = [c for c in e.body.get("candidates") or [] if isinstance(c, dict)]

@@ -17,6 +17,8 @@ from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:7080"
 DEFAULT_TIMEOUT = 10.0
+#: Adding a package copies and hashes every file on the master: gigabytes take a while.
+PACKAGE_ADD_TIMEOUT = 3600.0
 #: A reply bigger than this is not the API's; reading it all would only waste memory.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
@@ -74,6 +76,12 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _segment(text: str) -> str:
+    """*text* as one path segment: ``/``, ``?``, ``..`` and the rest percent-encoded."""
+    return urllib.parse.quote(text, safe="") if text not in (".", "..") else \
+        text.replace(".", "%2E")
+
+
 class ApiClient:
     """Calls the ``/api/v1`` endpoints of the master at *base_url* with *token*."""
 
@@ -103,31 +111,88 @@ class ApiClient:
 
     def machine(self, name: str) -> dict:
         """``GET /api/v1/machines/<name>``: one machine with its history."""
-        return self._get("/api/v1/machines/" + urllib.parse.quote(name, safe=""))
+        return self._get("/api/v1/machines/" + _segment(name))
 
     def reset_key(self, name: str) -> dict:
         """``POST /api/v1/machines/<name>/reset-key``: its next enrolment pins a new key."""
-        return self._request(
-            "POST", "/api/v1/machines/" + urllib.parse.quote(name, safe="") + "/reset-key",
-            data=b"")
+        return self._request("POST", f"/api/v1/machines/{_segment(name)}/reset-key", data=b"")
+
+    # -- packages ----------------------------------------------------------------------
+
+    def packages(self) -> list[dict]:
+        """``GET /api/v1/packages``: a summary of each package."""
+        return self._list("/api/v1/packages", "packages")
+
+    def package(self, package_id: str) -> dict:
+        """``GET /api/v1/packages/<id>``: the package's descriptor."""
+        return self._get("/api/v1/packages/" + _segment(package_id))
+
+    def add_package(self, path: str, *, replace: bool = False, fmt: str = "native") -> dict:
+        """``POST /api/v1/packages``: the master copies in the folder *path* (on its host)."""
+        return self._request("POST", "/api/v1/packages",
+                             body={"path": path, "replace": replace, "format": fmt},
+                             timeout=max(self._timeout, PACKAGE_ADD_TIMEOUT))
+
+    def remove_package(self, package_id: str) -> dict:
+        """``DELETE /api/v1/packages/<id>``."""
+        return self._request("DELETE", "/api/v1/packages/" + _segment(package_id))
+
+    # -- deployments -------------------------------------------------------------------
+
+    def deployments(self) -> list[dict]:
+        """``GET /api/v1/deployments``: the newest deployments, targets counted by state."""
+        return self._list("/api/v1/deployments", "deployments")
+
+    def deployment(self, dep_id: str) -> dict:
+        """``GET /api/v1/deployments/<id>``: the deployment and each of its targets."""
+        return self._get("/api/v1/deployments/" + _segment(dep_id))
+
+    def deploy(self, request: dict) -> dict:
+        """``POST /api/v1/deployments`` with *request* (package, targets, window...)."""
+        return self._request("POST", "/api/v1/deployments", body=request)
+
+    def stop_deployment(self, dep_id: str) -> dict:
+        """``POST /api/v1/deployments/<id>/stop``."""
+        return self._request("POST", f"/api/v1/deployments/{_segment(dep_id)}/stop", data=b"")
+
+    def restart_deployment(self, dep_id: str) -> dict:
+        """``POST /api/v1/deployments/<id>/restart``: failed, stopped, expired targets."""
+        return self._request("POST", f"/api/v1/deployments/{_segment(dep_id)}/restart",
+                             data=b"")
+
+    def audit(self, dep_id: str, machine: str) -> dict:
+        """``GET /api/v1/deployments/<id>/machines/<machine>/audit``: that machine's log."""
+        return self._get(f"/api/v1/deployments/{_segment(dep_id)}/machines/"
+                         f"{_segment(machine)}/audit")
+
+    def _list(self, path: str, key: str) -> list[dict]:
+        items = self._get(path).get(key)
+        if not isinstance(items, list):
+            raise ApiError(f"unexpected reply from {self.base_url}: no {key} list")
+        return [item for item in items if isinstance(item, dict)]
 
     def _get(self, path: str) -> dict:
         return self._request("GET", path)
 
-    def _request(self, method: str, path: str, data: bytes | None = None) -> dict:
-        request = urllib.request.Request(
-            self.base_url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"})
+    def _request(self, method: str, path: str, data: bytes | None = None, *,
+                 body: dict | None = None, timeout: float | None = None) -> dict:
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                         headers=headers)
+        timeout = self._timeout if timeout is None else timeout
         try:
-            with self._opener.open(request, timeout=self._timeout) as reply:
+            with self._opener.open(request, timeout=timeout) as reply:
                 return self._decode(reply.read(MAX_REPLY_BYTES + 1))
         except urllib.error.HTTPError as e:
             with e:
                 raise self._http_error(e.code, e.read(MAX_REPLY_BYTES + 1)) from None
         except urllib.error.URLError as e:
-            raise Unreachable(self._unreachable(e.reason)) from None
+            raise Unreachable(self._unreachable(e.reason, timeout)) from None
         except (OSError, http.client.HTTPException) as e:
-            raise Unreachable(self._unreachable(e)) from None
+            raise Unreachable(self._unreachable(e, timeout)) from None
 
     def _decode(self, data: bytes) -> dict:
         if len(data) > MAX_REPLY_BYTES:
@@ -156,17 +221,19 @@ class ApiClient:
             return NotFound(message or "not found", status, body)
         if status == 409 and body.get("error") == "ambiguous":
             return Ambiguous(message or "ambiguous name", status, body)
+        if 400 <= status < 500 and message:
+            return ApiError(message, status, body)  # a refusal the master explains
         what = body.get("error") if isinstance(body.get("error"), str) else "error"
         detail = f": {message}" if message else ""
         hint = " — see journalctl -u medulla-master" if status >= 500 else ""
         return ApiError(f"the master API answered HTTP {status} ({what}){detail}{hint}",
                         status, body)
 
-    def _unreachable(self, reason: Any) -> str:
+    def _unreachable(self, reason: Any, timeout: float) -> str:
         if isinstance(reason, ConnectionRefusedError):
             why = "connection refused"
         elif isinstance(reason, (socket.timeout, TimeoutError)):
-            why = f"no answer within {self._timeout:g}s"
+            why = f"no answer within {timeout:g}s"
         elif isinstance(reason, socket.gaierror):
             why = "unknown host name"
         elif isinstance(reason, ssl.SSLError):

@@ -96,9 +96,11 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
-def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
-    cells = [[truncate(escape_text(cell)) if cell not in (None, "") else NONE
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
+                 limit: int = MAX_CELL_CHARS) -> str:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; cells
+    cut to *limit* characters."""
+    cells = [[truncate(escape_text(cell), limit) if cell not in (None, "") else NONE
               for cell in row] for row in rows]
     widths = [display_width(h) for h in headers]
     for row in cells:
@@ -184,7 +186,10 @@ def render_key_reset(result: dict) -> str:
 
 
 def render_candidates(candidates: Sequence[dict]) -> str:
-    """The machines an ambiguous name matched, as a table."""
+    """The machines an ambiguous name matched, as a table (JIDs when the API gave them)."""
+    if not any(c.get("jid") for c in candidates):
+        return render_table(("HOSTNAME", "UUID"), [(c.get("hostname"), c.get("uuid"))
+                                                   for c in candidates])
     rows = [(c.get("hostname"), c.get("uuid"), c.get("jid")) for c in candidates]
     return render_table(("HOSTNAME", "UUID", "JID"), rows)
 

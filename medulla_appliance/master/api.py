@@ -15,6 +15,9 @@ The registry is any object with these methods, each returning a value or a Defer
 
 Reads are GET (and HEAD); the one change, ``POST /api/v1/machines/<name>/reset-key``,
 is POST only and logged at info level with the machine and the peer, for the audit trail.
+
+With a deployment coordinator and a package store, the routes of
+:mod:`medulla_appliance.master.api_deploy` (packages, deployments, audit) are served too.
 """
 
 from __future__ import annotations
@@ -41,11 +44,10 @@ HISTORY_LIMIT = 50
 MAX_CANDIDATES = 50
 #: Idle HTTP connections are closed after this many seconds.
 IDLE_TIMEOUT = 60
-#: No endpoint reads a request body; a bigger one is dropped as it arrives and refused (413).
-MAX_BODY_BYTES = 4 * 1024
+#: The largest JSON body an endpoint reads (a deployment's target list); a bigger one is
+#: dropped as it arrives and refused (413).
+MAX_BODY_BYTES = 64 * 1024
 
-_READ = (b"GET", b"HEAD")
-_WRITE = (b"POST",)
 _BOOLEANS = {b"true": True, b"false": False}
 
 
@@ -65,6 +67,18 @@ class ApiError(Exception):
         if message is not None:
             self.body["message"] = message
         self.body.update(extra or {})
+
+
+class Created:
+    """A handler's answer for a new resource: 201, *body*, and where it now lives."""
+
+    def __init__(self, body: dict[str, Any], location: str):
+        self.body, self.location = body, location
+
+
+def reads(handler) -> dict[bytes, Any]:
+    """The method table of a read-only route."""
+    return {b"GET": handler, b"HEAD": handler}
 
 
 class BoundedRequest(Request):
@@ -95,13 +109,20 @@ class ApiResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, registry: Any, token: str, *, clock: IReactorTime):
+    def __init__(self, registry: Any, token: str, *, clock: IReactorTime,
+                 deployments: Any = None, packages: Any = None, run_in_thread=None):
         super().__init__()
         if not token:
             raise ValueError("the API token must not be empty")
         self._registry = registry
         self._token = token.encode("utf-8")
         self._clock = clock
+        self._more_routes = None
+        if deployments is not None or packages is not None:
+            # Imported here: api_deploy builds on this module's ApiError and Created.
+            from .api_deploy import DeployRoutes
+            self._more_routes = DeployRoutes(deployments, packages, clock=clock,
+                                             run_in_thread=run_in_thread)
 
     def render(self, request):
         """Answer *request* asynchronously; never leaves it hanging."""
@@ -109,7 +130,7 @@ class ApiResource(Resource):
         # The callback side is the normal finish; only a lost connection matters here.
         request.notifyFinish().addErrback(gone.append)
         d = defer.maybeDeferred(self._dispatch, request)
-        d.addCallback(lambda body: (200, _encode(body), ()))
+        d.addCallback(_success)
         d.addErrback(self._error_response, request)
         d.addCallback(self._send, request, gone)
         d.addErrback(lambda f: self.log.failure("API could not answer {method} {path}", f,
@@ -127,13 +148,14 @@ class ApiResource(Resource):
             raise ApiError(413, "body-too-large",
                            f"the request body is longer than {MAX_BODY_BYTES} bytes")
         self._authenticate(request)
-        handler, methods, args = self._route(request.postpath)
-        if request.method not in methods:
-            names = " and ".join(m.decode() for m in methods)
+        handlers, args = self._route(request.postpath)
+        if request.method not in handlers:
+            methods = [m.decode() for m in handlers]
+            names = " and ".join(filter(None, (", ".join(methods[:-1]), methods[-1])))
             verb = "is" if len(methods) == 1 else "are"
             raise ApiError(405, "method-not-allowed", f"only {names} {verb} supported here",
-                           headers=((b"Allow", b", ".join(methods)),))
-        return handler(request, *args)
+                           headers=((b"Allow", ", ".join(methods).encode()),))
+        return handlers[request.method](request, *args)
 
     def _authenticate(self, request) -> None:
         values = request.requestHeaders.getRawHeaders(b"authorization") or []
@@ -152,13 +174,16 @@ class ApiResource(Resource):
         if segments[:2] == [b"api", b"v1"]:
             rest = segments[2:]
             if rest == [b"status"]:
-                return self._status, _READ, ()
+                return reads(self._status), ()
             if rest == [b"machines"]:
-                return self._machines, _READ, ()
+                return reads(self._machines), ()
             if len(rest) == 2 and rest[0] == b"machines" and rest[1]:
-                return self._machine, _READ, (rest[1],)
+                return reads(self._machine), (rest[1],)
             if len(rest) == 3 and rest[0] == b"machines" and rest[1] and rest[2] == b"reset-key":
-                return self._reset_key, _WRITE, (rest[1],)
+                return {b"POST": self._reset_key}, (rest[1],)
+            found = self._more_routes and self._more_routes.route(rest)
+            if found:
+                return found
         raise ApiError(404, "not-found", "no such endpoint")
 
     # -- handlers: parameters in, registry calls, plain data out -----------------------
@@ -246,18 +271,24 @@ class ApiResource(Resource):
         request.finish()
 
 
-def make_api_resource(registry: Any, token: str, *, clock: IReactorTime) -> IResource:
-    """Build the API's root resource over *registry*, guarded by *token*."""
-    return ApiResource(registry, token, clock=clock)
+def make_api_resource(registry: Any, token: str, *, clock: IReactorTime,
+                      **collaborators: Any) -> IResource:
+    """Build the API's root resource over *registry*, guarded by *token*.
+
+    *collaborators*: ``deployments`` (the coordinator), ``packages`` (the package store)
+    and ``run_in_thread`` (default ``deferToThread``), all optional.
+    """
+    return ApiResource(registry, token, clock=clock, **collaborators)
 
 
-def make_api_site(registry: Any, token: str, *, clock: IReactorTime) -> Site:
+def make_api_site(registry: Any, token: str, *, clock: IReactorTime,
+                  **collaborators: Any) -> Site:
     """Build the ``Site`` to listen with (``tcp:7080:interface=127.0.0.1``).
 
     *clock* also drives the HTTP idle timeouts, so it is normally the reactor.
     """
-    # No endpoint reads a body, so a form body never becomes request.args.
-    site = Site(make_api_resource(registry, token, clock=clock),
+    # Bodies are JSON, read by the endpoints that want one: a form never becomes args.
+    site = Site(make_api_resource(registry, token, clock=clock, **collaborators),
                 requestFactory=BoundedRequest, parsePOSTFormSubmission=False,
                 timeout=IDLE_TIMEOUT, reactor=clock)
     site.displayTracebacks = False
@@ -284,6 +315,12 @@ def _boolean_arg(request, name: bytes) -> bool | None:
     if len(parsed) != 1 or None in parsed:
         raise ApiError(400, "bad-request", f"{name.decode()} must be 'true' or 'false'")
     return parsed.pop()
+
+
+def _success(result: Any):
+    if isinstance(result, Created):
+        return 201, _encode(result.body), ((b"Location", result.location.encode("utf-8")),)
+    return 200, _encode(result), ()
 
 
 def _encode(body: Any) -> bytes:

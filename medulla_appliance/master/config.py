@@ -59,6 +59,15 @@ SCHEMA = Schema({
             "int", 200, min=1, max=100000,
             help="above this rate agents are told to come back later (ret 429)"),
     },
+    "deploy": {
+        "packages_root": Key("path", "/var/lib/medulla/packages",
+                             help="the package store (shared to relays by medulla-syncthing)"),
+        "relay_urls": Key("list", "master http://127.0.0.1:9990",
+                          help="where agents of each relay download packages: "
+                               "'NAME URL', ...; 'master' is this host's medulla-relay"),
+        "pass_interval": Key("duration", "1s", min=0.1, max=60,
+                             help="how often deployments are scheduled"),
+    },
     "assessor": {
         "relays": Key("list", "", help="relays agents may be sent to: 'NAME HOST:PORT', ..."),
         "rules": Key("list", "",

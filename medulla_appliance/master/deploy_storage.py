@@ -25,15 +25,20 @@ def log(conn, dep_id, uuid, ts, session, kind, label, ok=None, ret=None, output=
                   None if ok is None else int(ok), ret, output[-OUTPUT_LIMIT:]))
 
 
-def active(conn):
-    """Deployments with targets not yet in a final state."""
+def active(conn, now):
+    """Deployments with targets not in a final state, or with a failed transfer that
+    may still be retried (retries left, inside the window, not stopped)."""
     final = ",".join("?" * len(scheduler.FINAL))
     rows = conn.execute(
         "SELECT DISTINCT d.* FROM deployments d JOIN deployment_targets t "
         "ON t.deployment_id = d.id WHERE t.state NOT IN (%s) "
-        "OR (t.state = ? AND t.attempts <= d.retries AND d.stopped = 0)" % final,
-        (*scheduler.FINAL, scheduler.TRANSFER_FAILED)).fetchall()
+        "OR (t.state = ? AND t.attempts <= d.retries AND d.stopped = 0 AND d.end_at > ?)"
+        % final, (*scheduler.FINAL, scheduler.TRANSFER_FAILED, now)).fetchall()
     return [dict(r) for r in rows]
+
+
+def active_for_package(conn, package_id, now):
+    return sorted(d["id"] for d in active(conn, now) if d["package_id"] == package_id)
 
 
 def targets(conn, dep_id):

@@ -11,6 +11,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from ..core.xmpp.channel import Refusal
+from ..packages.descriptor import descriptor_sha256
 from . import deploy_storage as ds
 from .logic import scheduler
 
@@ -18,8 +19,23 @@ DEFAULT_WINDOW_SECONDS = 24 * 3600
 MASTER_RELAY = "master"
 
 
+def parse_relay_urls(items):
+    """{relay name: base URL} from config items 'NAME URL'."""
+    urls = {}
+    for item in items:
+        name, _, url = item.partition(" ")
+        if not url.strip().startswith(("http://", "https://")):
+            raise ValueError("[deploy] relay_urls: %r is not 'NAME http(s)://...'" % item)
+        urls[name] = url.strip()
+    return urls
+
+
 class DeploymentError(Exception):
     """A deployment request we refuse: the message says why (shown by the API)."""
+
+
+class DeploymentNotFound(DeploymentError):
+    """No deployment has that id (the API answers 404)."""
 
 
 class Deployments:
@@ -53,7 +69,8 @@ class Deployments:
                retries=1, sequence="install"):
         try:
             descriptor = yield threads.deferToThread(self.packages.get, package_id)
-            sha = yield threads.deferToThread(self.packages.descriptor_sha256, package_id)
+            raw = yield threads.deferToThread(self.packages.descriptor_bytes, package_id)
+            sha = descriptor_sha256(raw)
         except Exception as e:
             raise DeploymentError("no usable package %r: %s" % (package_id, e)) from None
         if sequence not in descriptor.sequences.get("linux", {}):
@@ -73,7 +90,11 @@ class Deployments:
         self.log.info("deployment {id} of {pkg} to {n} machines created", id=dep["id"],
                       pkg=package_id, n=len(uuids))
         self.clock.callLater(0, self.run_pass)
-        return dep
+        return dict(dep, target_count=len(uuids))
+
+    def active_for_package(self, package_id):
+        """Ids of deployments of `package_id` that still have work to do."""
+        return self.store.run(ds.active_for_package, package_id, self.clock.seconds())
 
     @defer.inlineCallbacks
     def _resolve(self, names):
@@ -97,7 +118,7 @@ class Deployments:
     @defer.inlineCallbacks
     def stop_deployment(self, dep_id):
         if not (yield self.store.run(ds.stop, dep_id)):
-            raise DeploymentError("no deployment %r" % dep_id)
+            raise DeploymentNotFound("no deployment %r" % dep_id)
         for target in (yield self.store.run(ds.targets, dep_id)):
             if target["state"] == scheduler.STARTED:
                 self._send(target["uuid"], "deploy.stop", {"deployment": dep_id},
@@ -107,7 +128,7 @@ class Deployments:
     @defer.inlineCallbacks
     def restart_deployment(self, dep_id):
         if (yield self.store.run(ds.get, dep_id)) is None:
-            raise DeploymentError("no deployment %r" % dep_id)
+            raise DeploymentNotFound("no deployment %r" % dep_id)
         count = yield self.store.run(ds.restart, dep_id, self.clock.seconds())
         self.clock.callLater(0, self.run_pass)
         return count
@@ -130,7 +151,7 @@ class Deployments:
         now = self.clock.seconds()
         online = self.registry.online_uuids()
         busy = await self.store.run(ds.running_per_relay)
-        for dep in await self.store.run(ds.active):
+        for dep in await self.store.run(ds.active, now):
             rows = await self.store.run(ds.targets, dep["id"])
             ready = {MASTER_RELAY} | await self.store.run(
                 ds.relays_with, dep["package_id"], dep["descriptor_sha256"])
@@ -210,7 +231,7 @@ class Deployments:
     def details(self, dep_id):
         dep = yield self.store.run(ds.get, dep_id)
         if dep is None:
-            raise DeploymentError("no deployment %r" % dep_id)
+            raise DeploymentNotFound("no deployment %r" % dep_id)
         dep["targets"] = yield self.store.run(ds.targets, dep_id)
         return dep
 

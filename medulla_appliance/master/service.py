@@ -11,7 +11,10 @@ from ..core.xmpp.auth import tls_options
 from ..core.xmpp.channel import EnvelopeChannel
 from ..core.xmpp.client import XMPPClientService
 from ..core.xmpp.handlers import DiscoInfoHandler, PingHandler
+from ..packages.store import PackageStore
+from ..packages.token import make_token
 from . import api, apitoken, storage
+from .deployments import Deployments, parse_relay_urls
 from .logic.admission import Admission
 from .logic.assessor import Assessor
 from .protocol import EnrolmentActions, MasterPresence
@@ -45,6 +48,16 @@ class MasterService(service.MultiService):
                                        self.enrolment.trust)
         self.channel.handle("agent.assess", self.enrolment.assess)
         self.channel.handle("agent.register", self.enrolment.register)
+        self.packages = PackageStore(cfg["deploy"]["packages_root"])
+        self.deployments = Deployments(
+            self.store, reactor, self.registry, self.channel,
+            lambda claims: make_token(self.private_key, claims, reactor.seconds()),
+            self.packages,
+            parse_relay_urls(cfg["deploy"]["relay_urls"]),
+            tick=cfg["deploy"]["pass_interval"])
+        for action, handler in (("deploy.progress", self.deployments.on_progress),
+                                ("deploy.result", self.deployments.on_result)):
+            self.channel.handle(action, handler)
         self.channel.on_heard = self.registry.heard
         self.pinger = PingHandler()
         self.xmpp = XMPPClientService(
@@ -57,7 +70,8 @@ class MasterService(service.MultiService):
                         DiscoInfoHandler(kind="bot", name="medulla-master")):
             self.xmpp.addHandler(handler)
         self.token = apitoken.ensure_token(cfg["api"]["token_file"])
-        site = api.make_api_site(self.registry, self.token, clock=reactor)
+        site = api.make_api_site(self.registry, self.token, clock=reactor,
+                                 deployments=self.deployments, packages=self.packages)
         site.noisy = False
         self.api = strports.service(cfg["api"]["listen"], site, reactor=reactor)
         self.api._raiseSynchronously = True  # a busy port must stop the start, not be logged
@@ -79,10 +93,12 @@ class MasterService(service.MultiService):
         self.xmpp.setServiceParent(self)
         service.MultiService.startService(self)
         self.sweeper.start(self._sweep_every, now=False)
+        self.deployments.start()
 
     def stopService(self):
         if self.sweeper.running:
             self.sweeper.stop()
+        self.deployments.stop()
         if self._reconcile_call is not None and self._reconcile_call.active():
             self._reconcile_call.cancel()
         d = defer.maybeDeferred(service.MultiService.stopService, self)

@@ -104,11 +104,11 @@ def events():
 
 
 class Harness:
-    def __init__(self, registry):
+    def __init__(self, registry, **collaborators):
         self.registry = registry
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.site = api.make_api_site(registry, TOKEN, clock=self.clock)
+        self.site = api.make_api_site(registry, TOKEN, clock=self.clock, **collaborators)
         self.connections = []
 
     def send(self, method, target, token=TOKEN, headers=(), body=b""):
@@ -128,9 +128,9 @@ class Harness:
     def get(self, target, **kwargs):
         return self.request("GET", target, **kwargs)
 
-    def post(self, target, body=b"", headers=(), **kwargs):
+    def post(self, target, body=b"", headers=(), method="POST", **kwargs):
         headers = [f"Content-Length: {len(body)}", *headers]
-        return self.request("POST", target, headers=headers, body=body, **kwargs)
+        return self.request(method, target, headers=headers, body=body, **kwargs)
 
     def request(self, method, target, **kwargs):
         _, transport = self.send(method, target, **kwargs)
@@ -349,20 +349,20 @@ def test_a_body_of_exactly_the_limit_is_accepted(http):
     assert r.code == 200
 
 
-def test_a_body_over_4_kib_is_413_before_auth_and_logged(http, registry, events):
+def test_a_body_over_64_kib_is_413_before_auth_and_logged(http, registry, events):
     r = http.post("/api/v1/machines/ws-01/reset-key", body=b"x" * (api.MAX_BODY_BYTES + 1),
                   token=None)
     assert r.code == 413
     assert r.json == {"error": "body-too-large",
-                      "message": "the request body is longer than 4096 bytes"}
+                      "message": "the request body is longer than 65536 bytes"}
     assert registry.calls == []
     (refusal,) = [e for e in events if e.get("log_format", "").startswith("API refused")]
-    assert formatEvent(refusal).endswith(": 413 the request body is longer than 4096 bytes")
+    assert formatEvent(refusal).endswith(": 413 the request body is longer than 65536 bytes")
 
 
 def test_a_chunked_body_over_the_limit_is_413_and_not_kept(http, registry):
     chunk = b"x" * 1000
-    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5)) + b"0\r\n\r\n"
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(66)) + b"0\r\n\r\n"
     proto, transport = http.send("POST", "/api/v1/machines/ws-01/reset-key",
                                  headers=["Transfer-Encoding: chunked"], body=body)
     assert Response(transport.value()).code == 413

@@ -115,7 +115,10 @@ def test_status_summary_uses_the_server_clock_for_uptime():
 # -- main() against a real HTTP server -------------------------------------------------
 
 class Api:
-    """Canned API answers keyed by request target; records what it was asked."""
+    """Canned API answers keyed by request target; records what it was asked.
+
+    An answer may be a list of answers, served in turn (the last one then stays).
+    """
 
     def __init__(self):
         now = time.time()
@@ -153,8 +156,10 @@ class Api:
                                                       "key_reset": True}),
             "/api/v1/machines/moved/reset-key": (302, {}),
         }
+        self.delete_routes = {}
         self.seen = []
         self.posted = []
+        self.deleted = []
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -168,11 +173,18 @@ class Api:
                                    self.rfile.read(length)))
                 self.answer(api.post_routes)
 
+            def do_DELETE(self):
+                api.deleted.append((self.path, self.headers.get("Authorization")))
+                self.answer(api.delete_routes)
+
             def answer(self, routes):
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     code, body = 401, {"error": "unauthorized"}
                 else:
-                    code, body = routes.get(self.path, (404, {"error": "not-found"}))
+                    answer = routes.get(self.path, (404, {"error": "not-found"}))
+                    if isinstance(answer, list):
+                        answer = answer.pop(0) if len(answer) > 1 else answer[0]
+                    code, body = answer
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
