@@ -34,6 +34,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from ..packages import store as package_store
+from ..packages.complete import clear_complete, mark_complete
 from ..packages.descriptor import ID_RE, SEQUENCE_RE, DescriptorError
 from ..packages.medulla_import import import_medulla_folder
 from . import deployments as coordinator
@@ -135,7 +136,7 @@ class DeployRoutes:
                                f"deployment {', '.join(users[:5])}; stop "
                                f"{'it' if len(users) == 1 else 'them'} first",
                                extra={"deployments": users}, refusal=False)
-        await self._store_call(self._packages.remove, package_id)
+        await self._store_call(_remove, self._packages, package_id)
         self.log.info("API: {peer} removed package {id}", peer=_peer(request), id=package_id)
         return {"id": package_id, "removed": True}
 
@@ -267,6 +268,11 @@ def _package_summaries(packages) -> dict[str, Any]:
     return {"packages": out}
 
 
+def _remove(packages, package_id: str):
+    clear_complete(packages.root, package_id)  # stop serving it first
+    packages.remove(package_id)
+
+
 def _add_from_folder(packages, path: str, replace: bool, kind: str):
     """``(descriptor, warnings)`` of the package added from *path*."""
     _check_readable(path)
@@ -279,7 +285,10 @@ def _add_from_folder(packages, path: str, replace: bool, kind: str):
                 raise ApiError(400, "bad-package", _with_user_hint(f"Medulla package {path}: "
                                                                    f"{e}"), refusal=False) from None
             descriptor, warnings = result.descriptor, tuple(result.warnings)
-        return packages.add_from_folder(path, descriptor, replace=replace), warnings
+        added = packages.add_from_folder(path, descriptor, replace=replace)
+        # The master host's relay serves straight from this store: complete once added.
+        mark_complete(packages.root, added.id)
+        return added, warnings
     except PermissionError as e:
         raise _unreadable(e.filename or path) from None
 

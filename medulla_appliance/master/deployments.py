@@ -44,12 +44,13 @@ class Deployments:
     log = Logger()
 
     def __init__(self, store, clock, registry, channel, make_token, packages, relay_urls, *,
-                 tick=1.0, rand=os.urandom):
+                 tick=1.0, rand=os.urandom, in_thread=threads.deferToThread):
         self.store, self.clock, self.registry, self.channel = store, clock, registry, channel
         self.make_token = make_token      # (claims) -> token text
         self.packages = packages          # a packages.store.PackageStore
         self.relay_urls = dict(relay_urls)
         self.rand = rand
+        self.in_thread = in_thread       # for the package store's blocking file work
         self._loop = task.LoopingCall(self.run_pass)
         self._loop.clock = clock
         self._tick = tick
@@ -68,8 +69,8 @@ class Deployments:
     def create(self, package_id, names, *, start_at=None, end_at=None, max_per_relay=10,
                retries=1, sequence="install"):
         try:
-            descriptor = yield threads.deferToThread(self.packages.get, package_id)
-            raw = yield threads.deferToThread(self.packages.descriptor_bytes, package_id)
+            descriptor = yield self.in_thread(self.packages.get, package_id)
+            raw = yield self.in_thread(self.packages.descriptor_bytes, package_id)
             sha = descriptor_sha256(raw)
         except Exception as e:
             raise DeploymentError("no usable package %r: %s" % (package_id, e)) from None
@@ -139,13 +140,13 @@ class Deployments:
         """One scheduling pass (never two at once); errors are logged, never raised."""
         if self._passing is not None:
             return self._passing
-        self._passing = defer.ensureDeferred(self._pass())
-        self._passing.addErrback(lambda f: self.log.failure("deployment pass failed", f))
+        d = self._passing = defer.ensureDeferred(self._pass())
+        d.addErrback(lambda f: self.log.failure("deployment pass failed", f))
 
         def done(_):
             self._passing = None
-        self._passing.addBoth(done)
-        return self._passing
+        d.addBoth(done)
+        return d
 
     async def _pass(self):
         now = self.clock.seconds()

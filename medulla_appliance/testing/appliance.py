@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import string
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from medulla_appliance.testing.ports import free_tcp_port
 MASTER_MODULE = "medulla_appliance.master"
 AGENT_MODULE = "medulla_agent"
 SWARM_MODULE = "medulla_appliance.testing.swarm"
+RELAY_MODULE = "medulla_appliance.relay"
 CONNECTION_KEYS = ("max_reconnect_delay", "keepalive_interval", "keepalive_timeout")
 
 
@@ -42,6 +44,9 @@ class Appliance:
         self.server = server
         self.domain = server.domain
         self.api_port = free_tcp_port()
+        self.relay_port = free_tcp_port()
+        self.packages_root = self.workdir / "packages"
+        self.packages_root.mkdir(exist_ok=True)
         self.state = self.workdir / "master-state"
         self.state.mkdir(mode=0o700, exist_ok=True)
         self.enrolment_key = _enrolment_key()
@@ -63,11 +68,13 @@ class Appliance:
             "api": {"listen": "tcp:%d:interface=127.0.0.1" % self.api_port,
                     "token_file": self.state / "api-token"},
             "presence": presence or {},
+            "deploy": {"packages_root": self.packages_root, "pass_interval": "0.5s",
+                       "relay_urls": "master http://127.0.0.1:%d" % self.relay_port},
             "registry": registry or {},
         }
         self.config_path.write_text(render_ini(sections))
         server.register("master", self.master_password)
-        self.master = None
+        self.master = self.relay = None
         self.master_log = self.workdir / "master.log"
 
     # -- master --------------------------------------------------------------------------
@@ -113,6 +120,33 @@ class Appliance:
         """Environment for running medullactl against this master."""
         return dict(os.environ, MEDULLA_API_URL="http://127.0.0.1:%d" % self.api_port,
                     MEDULLA_API_TOKEN_FILE=str(self.state / "api-token"))
+
+    # -- relay ---------------------------------------------------------------------------
+
+    def start_relay(self, timeout=30):
+        """medulla-relay serving this master's package store (the master host's relay)."""
+        config = self.workdir / "relay.ini"
+        config.write_text(render_ini({
+            "http": {"listen": "tcp:%d:interface=127.0.0.1" % self.relay_port},
+            "packages": {"root": self.packages_root},
+            "keys": {"master_public_key": self.master_public_key}}))
+        self.relay = self._spawn("relay", [RELAY_MODULE], config)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.relay.poll() is not None:
+                raise RuntimeError("medulla-relay exited: %s" % (
+                    self.workdir / "relay.log").read_text()[-2000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.relay_port), 1).close()
+                return self.relay
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("medulla-relay not listening after %ss" % timeout)
+
+    def ctl(self, *argv):
+        """Run medullactl against this master; returns the CompletedProcess."""
+        return subprocess.run([sys.executable, "-m", "medulla_appliance.ctl", *argv],
+                              env=self.ctl_env(), capture_output=True, text=True, timeout=120)
 
     # -- agents --------------------------------------------------------------------------
 
