@@ -12,7 +12,7 @@ from twisted.words.protocols.jabber.jid import JID
 from medulla_appliance.core.store import Store
 from medulla_appliance.core.xmpp.channel import Refusal
 from medulla_appliance.master import storage
-from medulla_appliance.master.deployments import Deployments, DeploymentError
+from medulla_appliance.master.deployments import DeploymentError, Deployments
 from medulla_appliance.packages.store import PackageStore
 
 MACHINES = {"m-a": ("pc-a", "pc-a.abc@d.test"), "m-b": ("pc-b", "pc-b.abc@d.test")}
