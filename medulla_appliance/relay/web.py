@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ..core.xmpp.channel import RefusalLog
+from ..core.refusals import RefusalLog
 from ..packages.token import PACKAGE_ID_RE, TokenError, check_token
 from . import ranges
 from .limits import Busy, DownloadSlots
