@@ -16,6 +16,9 @@ Options for benchmarks (none changes the default behaviour):
 - ``--start-rate R``: start R agents a second instead of all at once.
 - ``--reset-count K``: on SIGUSR1, reset the TCP connections (RST, no XMPP or TLS goodbye)
   of K logged-in agents, which then stay down.
+- ``--no-fsync``: agents save their state without fsync. Each real agent syncs one small
+  file on its own disk; thousands of them syncing in turn in one event loop measure this
+  machine's disk, not the fleet.
 """
 
 import argparse
@@ -112,7 +115,11 @@ def main(argv=None):
                         help="agents started per second (0: all at once)")
     parser.add_argument("--reset-count", type=int, default=0,
                         help="on SIGUSR1, reset this many agents' TCP connections")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="save agent state without fsync (load generation only)")
     args = parser.parse_args(argv)
+    if args.no_fsync:
+        os.fsync = lambda fd: None  # this process only runs synthetic agents
     from medulla_agent.config import SCHEMA
     cfg = config_mod.load(args.config, SCHEMA)
     from medulla_appliance.core import logs
