@@ -44,8 +44,11 @@ SCHEMA = Schema({
     "presence": {
         "ping_after": Key("duration", "15s", min=1, max=3600,
                           help="ping an online agent not heard from for this long"),
-        "ping_timeout": Key("duration", "8s", min=1, max=600,
+        "ping_timeout": Key("duration", "10s", min=1, max=600,
                             help="no answer to the ping within this: offline"),
+        "max_pings_per_second": Key("int", 100, min=1, max=100000,
+                                    help="at most this many liveness pings a second (a big "
+                                         "fleet then takes longer than ping_after to sweep)"),
         "reconcile_after": Key("duration", "20s", min=1, max=3600,
                                help="after (re)connecting, machines that sent no presence "
                                     "within this are marked offline"),

@@ -152,21 +152,29 @@ class Registry:
         if uid is not None and uid in self._online:
             self._heard[uid] = self.clock.seconds()
 
-    def due_for_ping(self, silent_for):
-        """(uuid, full JID) of online agents silent for `silent_for` seconds, not yet pinged."""
-        limit = self.clock.seconds() - silent_for
-        due = [(u, j) for u, j in self._online.items()
-               if self._heard.get(u, 0) <= limit and u not in self._pinging]
+    def due_for_ping(self, silent_for, limit):
+        """Up to `limit` (uuid, full JID) of online agents silent for `silent_for` seconds
+        and not being pinged, the longest silent first: a fleet that went quiet at once
+        is pinged at a bounded rate, never all together."""
+        cutoff = self.clock.seconds() - silent_for
+        silent = [(self._heard.get(u, 0), u, j) for u, j in self._online.items()
+                  if self._heard.get(u, 0) <= cutoff and u not in self._pinging]
+        due = [(u, j) for _, u, j in sorted(silent)[:limit]]
         self._pinging.update(u for u, _ in due)
         return due
 
-    def ping_answered(self, uid, full_jid, alive):
+    def ping_answered(self, uid, full_jid, alive, sent_at):
+        """The outcome of a ping sent at `sent_at`. Anything heard from the agent since
+        then proves it alive too: a slow answer under load is not a death."""
         self._pinging.discard(uid)
         if self._online.get(uid) != full_jid:
             return None
         if alive:
             self._heard[uid] = self.clock.seconds()
             return None
+        if self._heard.get(uid, 0) > sent_at:
+            return None
+
         return self._go_offline(uid, "no answer to ping")
 
     def reconcile(self):

@@ -135,7 +135,10 @@ class MasterService(service.MultiService):
         if not self.xmpp.connected:
             return
         presence_cfg = self.cfg["presence"]
-        for uid, full_jid in self.registry.due_for_ping(presence_cfg["ping_after"]):
+        limit = max(1, int(presence_cfg["max_pings_per_second"] * self._sweep_every))
+        sent_at = self.reactor.seconds()
+        for uid, full_jid in self.registry.due_for_ping(presence_cfg["ping_after"], limit):
             d = self.pinger.ping(JID(full_jid), presence_cfg["ping_timeout"])
-            d.addCallback(lambda alive, u=uid, j=full_jid: self.registry.ping_answered(u, j, alive))
+            d.addCallback(lambda alive, u=uid, j=full_jid:
+                          self.registry.ping_answered(u, j, alive, sent_at))
             d.addErrback(lambda f: self.log.failure("ping sweep", f))

@@ -199,26 +199,51 @@ def test_an_old_session_leaving_after_a_new_one_started_keeps_the_machine_online
 def test_a_silent_machine_is_pinged_once_and_goes_offline_without_an_answer(registry, clock):
     uid = register(registry, PC01)
     clock.advance(19)
-    assert registry.due_for_ping(20) == []
+    assert registry.due_for_ping(20, 100) == []
     clock.advance(1)
-    assert registry.due_for_ping(20) == [(uid, PC01.jid.full())]
-    assert registry.due_for_ping(20) == []                 # already being pinged
-    result_of(registry.ping_answered(uid, PC01.jid.full(), False))
+    assert registry.due_for_ping(20, 100) == [(uid, PC01.jid.full())]
+    assert registry.due_for_ping(20, 100) == []                 # already being pinged
+    result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
     assert machine(registry, uid)["online"] is False
     assert events(registry, uid)[0] == ("offline", "no answer to ping")
     clock.advance(100)
-    assert registry.due_for_ping(20) == []                 # offline machines are not pinged
+    assert registry.due_for_ping(20, 100) == []                 # offline machines are not pinged
 
 
 def test_an_answered_ping_keeps_the_machine_online_and_resets_its_silence(registry, clock):
     uid = register(registry, PC01)
     clock.advance(30)
-    registry.due_for_ping(20)
-    assert registry.ping_answered(uid, PC01.jid.full(), True) is None
+    registry.due_for_ping(20, 100)
+    assert registry.ping_answered(uid, PC01.jid.full(), True, clock.seconds()) is None
     assert machine(registry, uid)["online"] is True
-    assert registry.due_for_ping(20) == []
+    assert registry.due_for_ping(20, 100) == []
     clock.advance(20)
-    assert registry.due_for_ping(20) == [(uid, PC01.jid.full())]
+    assert registry.due_for_ping(20, 100) == [(uid, PC01.jid.full())]
+
+
+def test_a_late_ping_answer_is_not_a_death_when_the_agent_spoke_meanwhile(registry, clock):
+    # Under load the answer may come after the timeout; a message from the agent since
+    # the ping went out proves it alive all the same.
+    uid = register(registry, PC01)
+    clock.advance(30)
+    sent_at = clock.seconds()
+    registry.due_for_ping(20, 100)
+    clock.advance(5)
+    registry.heard(PC01.jid)
+    clock.advance(5)
+    assert registry.ping_answered(uid, PC01.jid.full(), False, sent_at) is None
+    assert machine(registry, uid)["online"] is True
+
+
+def test_a_fleet_silent_at_once_is_pinged_at_a_bounded_rate(registry, clock):
+    machines = [register(registry, Agent("pc%02d" % i, ["0a:1b:2c:3d:4e:%02x" % i], "k%d" % i))
+                for i in range(10)]
+    clock.advance(30)
+    first = registry.due_for_ping(20, 4)
+    second = registry.due_for_ping(20, 4)
+    third = registry.due_for_ping(20, 4)
+    assert (len(first), len(second), len(third)) == (4, 4, 2)
+    assert {u for u, _ in first + second + third} == set(machines)
 
 
 def test_hearing_from_a_machine_delays_its_ping(registry, clock):
@@ -226,16 +251,16 @@ def test_hearing_from_a_machine_delays_its_ping(registry, clock):
     clock.advance(15)
     registry.heard(PC01.jid)
     clock.advance(15)
-    assert registry.due_for_ping(20) == []
+    assert registry.due_for_ping(20, 100) == []
     assert machine(registry, uid)["last_seen"] == clock.seconds() - 15
 
 
 def test_a_ping_answer_from_a_replaced_session_changes_nothing(registry, clock):
     uid = register(registry, PC01)
     clock.advance(30)
-    registry.due_for_ping(20)
+    registry.due_for_ping(20, 100)
     result_of(registry.available(JID(PC01.jid.userhost() + "/0a1b2c3d4eff")))
-    assert registry.ping_answered(uid, PC01.jid.full(), False) is None
+    assert registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()) is None
     assert machine(registry, uid)["online"] is True
 
 
@@ -247,7 +272,7 @@ def test_after_our_reconnect_machines_that_sent_no_presence_go_offline(registry)
     assert machine(registry, uid1)["online"] is True
     assert machine(registry, uid2)["online"] is False
     assert events(registry, uid2)[0] == ("offline", "no presence since the master reconnected")
-    assert registry.due_for_ping(0) == [(uid1, PC01.jid.full())]
+    assert registry.due_for_ping(0, 100) == [(uid1, PC01.jid.full())]
 
 
 def test_a_restart_keeps_machines_history_and_pinned_keys(path, clock):

@@ -52,9 +52,10 @@ class PingHandler(XMPPHandler):
 
 
 class KeepAlive(XMPPHandler):
-    """Pings our own server every `interval` seconds; no answer within `timeout` means
-    the network went away silently (no RST, no FIN), so the link is dropped and the
-    client's backoff reconnects. Without it a half-open TCP session could last hours."""
+    """Pings our own server after `interval` seconds without any incoming stanza; no
+    answer within `timeout`, and nothing else heard meanwhile, means the network went
+    away silently (no RST, no FIN): the link is dropped and the client's backoff
+    reconnects. Traffic counts as life, so a busy but slow server is never cut off."""
 
     log = Logger()
 
@@ -62,33 +63,43 @@ class KeepAlive(XMPPHandler):
         super().__init__()
         self.clock, self.interval, self.timeout = clock, interval, timeout
         self._call = None
+        self._heard = 0.0
         self._pinger = PingHandler()
 
     def connectionInitialized(self):
         self._pinger.xmlstream = self.xmlstream
         self._pinger.parent = self.parent
-        self._schedule()
+        self._heard = self.clock.seconds()
+        self.xmlstream.addObserver("/*", self._stanza, priority=100)
+        self._schedule(self.interval)
 
     def connectionLost(self, reason):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
 
-    def _schedule(self):
-        self._call = self.clock.callLater(self.interval, self._ping)
+    def _stanza(self, _element):
+        self._heard = self.clock.seconds()
 
-    def _ping(self):
-        xs = self.xmlstream
+    def _schedule(self, delay):
+        self._call = self.clock.callLater(max(delay, 0.001), self._tick)
+
+    def _tick(self):
+        quiet = self.clock.seconds() - self._heard
+        if quiet < self.interval:
+            self._schedule(self.interval - quiet)
+            return
+        xs, sent_at = self.xmlstream, self.clock.seconds()
         server = JID(xs.authenticator.jid.host)
-        self._pinger.ping(server, self.timeout).addCallback(self._answered, xs)
+        self._pinger.ping(server, self.timeout).addCallback(self._answered, xs, sent_at)
 
-    def _answered(self, alive, xs):
+    def _answered(self, alive, xs, sent_at):
         if xs is not self.xmlstream:
             return  # that stream is gone already
-        if alive:
-            self._schedule()
+        if alive or self._heard > sent_at:
+            self._schedule(self.interval)
             return
-        self.log.warn("no answer from the XMPP server in {timeout}s: reconnecting",
+        self.log.warn("nothing from the XMPP server in {timeout}s: reconnecting",
                       timeout=self.timeout)
         if xs.transport is not None:
             xs.transport.abortConnection()
