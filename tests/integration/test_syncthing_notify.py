@@ -1,0 +1,105 @@
+"""package.synced over a real XMPP server (prosody): a relay's medulla-syncthing, driving a
+real Syncthing, tells the master which packages are complete, in envelopes signed with
+the relay's key."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from medulla_appliance.core import envelope, keys
+from medulla_appliance.testing.syncthing import SyncthingInstance
+
+pytestmark = pytest.mark.integration
+MASTER_ID = "FDXK2TM-IW4H3YI-EGGBUJ6-JSGK7KB-S2TIIFY-2RWPUQR-PKCDY4S-2RHUUQR"
+
+
+def test_a_relay_tells_the_master_over_xmpp(prosody_server, tmp_path):
+    server = prosody_server
+    relay_jid = server.jid("relay-lyon") + "/syncthing"
+    master_jid = server.jid("master") + "/master"
+    server.register("relay-lyon", "relay-pw-1")
+    server.register("master", "master-pw-1")
+    password = tmp_path / "relay.password"
+    password.write_text("relay-pw-1\n")
+    password.chmod(0o600)
+    root = tmp_path / "packages"
+    content = b"#!/bin/sh\necho hello\n"
+    (root / "hello").mkdir(parents=True)
+    (root / "hello" / "run.sh").write_bytes(content)
+    raw = json.dumps({"schema": 1, "id": "hello", "files": [
+        {"path": "run.sh", "size": len(content),
+         "sha256": hashlib.sha256(content).hexdigest()}]}).encode()
+    (root / "hello" / "descriptor.json").write_bytes(raw)
+
+    syncthing = SyncthingInstance(tmp_path / "syncthing", "relay")
+    syncthing.start()
+    key_path = tmp_path / "state" / "relay.key"
+    key_path.parent.mkdir(mode=0o700)
+    ini = tmp_path / "syncthing.ini"
+    ini.write_text(f"""[syncthing]
+role = relay
+api_url = {syncthing.api_url}
+api_key_file = {syncthing.write_api_key(tmp_path / "api.key")}
+packages_root = {root}
+# The package was put here by hand, not by Syncthing: keep it.
+revert_local_changes = no
+[devices]
+peers = master {MASTER_ID} tcp://127.0.0.1:1
+listen = {syncthing.sync_address}
+[xmpp]
+jid = {relay_jid}
+password_file = {password}
+port = {server.c2s_port}
+ca_file = {server.ca.cert_path}
+master_jid = {master_jid}
+[keys]
+private_key = {key_path}
+""")
+    bodies = tmp_path / "bodies.json"
+    bodies.write_text("[]")
+    master = subprocess.Popen(
+        [sys.executable, "-m", "medulla_appliance.testing.rawclient", "--jid", master_jid,
+         "--password", "master-pw-1", "--port", str(server.c2s_port), "--ca",
+         str(server.ca.cert_path), "--to", relay_jid, "--bodies", str(bodies), "--wait", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    relay = None
+    try:
+        assert json.loads(master.stdout.readline()) == {"event": "connected"}
+        with open(tmp_path / "daemon.log", "wb") as log:
+            relay = subprocess.Popen([sys.executable, "-m", "medulla_appliance.syncthing",
+                                      "--config", str(ini)], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        out, _ = master.communicate(timeout=60)
+    finally:
+        if relay is not None:
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(20)
+        if master.poll() is None:
+            master.kill()
+            master.wait(10)
+        syncthing.stop()
+    received = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    relay_key = keys.load_or_create_private_key(key_path).public_key()
+    datas = []
+    for message in received:
+        assert message["from"] == relay_jid
+        signed = envelope.decode(message["body"])
+        envelope.verify(signed, relay_key, relay_jid, master_jid)  # raises if forged
+        assert signed.envelope.action == "package.synced"
+        datas.append(signed.envelope.data)
+    told = {}
+    for data in datas:
+        assert data["relay"] == "lyon"
+        if data["snapshot"]:
+            told = {}
+        told.update({e["package_id"]: e["descriptor_sha256"] for e in data["complete"]})
+        for gone in data["gone"]:
+            told.pop(gone["package_id"], None)
+    assert told == {"hello": hashlib.sha256(raw).hexdigest()}, (
+        datas, (tmp_path / "daemon.log").read_text()[-3000:])
+    assert os.path.exists(root / ".complete" / "hello")
