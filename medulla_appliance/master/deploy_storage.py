@@ -115,9 +115,14 @@ def relays_with(conn, package_id, descriptor_sha256):
         (package_id, descriptor_sha256))}
 
 
-def package_synced(conn, relay, package_id, descriptor_sha256, now):
-    conn.execute("INSERT OR REPLACE INTO packages_on_relays VALUES (?, ?, ?, ?)",
-                 (relay, package_id, descriptor_sha256, now))
+def packages_synced(conn, relay, complete, gone, snapshot, now):
+    """What a relay holds: a snapshot replaces its list, a change adds and removes."""
+    if snapshot:
+        conn.execute("DELETE FROM packages_on_relays WHERE relay = ?", (relay,))
+    conn.executemany("DELETE FROM packages_on_relays WHERE relay = ? AND package_id = ?",
+                     [(relay, package_id) for package_id, _ in gone])
+    conn.executemany("INSERT OR REPLACE INTO packages_on_relays VALUES (?, ?, ?, ?)",
+                     [(relay, package_id, sha, now) for package_id, sha in complete])
 
 
 def running_per_relay(conn):

@@ -30,6 +30,18 @@ def parse_relay_urls(items):
     return urls
 
 
+def _sync_items(items):
+    if not isinstance(items, list) or len(items) > 10_000:
+        raise Refusal(400, "bad-field", "expected a list of packages")
+    out = []
+    for item in items:
+        if not (isinstance(item, dict) and isinstance(item.get("package_id"), str)
+                and isinstance(item.get("descriptor_sha256"), str)):
+            raise Refusal(400, "bad-field", "expected {package_id, descriptor_sha256}")
+        out.append((item["package_id"], item["descriptor_sha256"]))
+    return out
+
+
 class DeploymentError(Exception):
     """A deployment request we refuse: the message says why (shown by the API)."""
 
@@ -222,6 +234,19 @@ class Deployments:
                           dep=target["deployment_id"], uuid=target["uuid"], state=state)
             self.clock.callLater(0, self.run_pass)
         return {"recorded": True}
+
+    async def on_package_synced(self, sender, envelope):
+        """package.synced from medulla-syncthing: which packages are complete on a relay."""
+        d = envelope.data
+        relay = d.get("relay")
+        if not isinstance(relay, str) or not relay:
+            raise Refusal(400, "bad-field", "relay: expected a name")
+        complete = _sync_items(d.get("complete", []))
+        gone = _sync_items(d.get("gone", []))
+        await self.store.run(ds.packages_synced, relay, complete, gone,
+                             bool(d.get("snapshot")), self.clock.seconds())
+        self.clock.callLater(0, self.run_pass)
+        return None
 
     # -- what the API reads ------------------------------------------------------------
 

@@ -126,3 +126,46 @@ def test_a_deployment_needs_known_targets_and_a_package(coordinator):
         run(coordinator.deps.create("pkg", ["nobody"]))
     with pytest.raises(DeploymentError):
         run(coordinator.deps.create("nope", ["pc-a"]))
+
+
+def test_a_remote_relay_target_waits_for_the_package_to_be_synced_there(coordinator):
+    c = coordinator
+    c.store.run(lambda conn: conn.execute("UPDATE machines SET relay = 'lyon' WHERE uuid = 'm-b'"))
+    dep = run(c.deps.create("pkg", ["pc-b"]))
+    run(c.deps.run_pass())
+    assert [t["state"] for t in run(c.deps.details(dep["id"]))["targets"]] == [
+        "WAITING PACKAGE SYNC"]
+    synced = SimpleNamespace(data={"relay": "lyon", "snapshot": True, "complete": [
+        {"package_id": "pkg", "descriptor_sha256": "0" * 64}]})  # an older version
+    run(c.deps.on_package_synced(None, synced))
+    run(c.deps.run_pass())
+    assert run(c.deps.details(dep["id"]))["targets"][0]["state"] == "WAITING PACKAGE SYNC"
+    synced.data["complete"][0]["descriptor_sha256"] = dep["descriptor_sha256"]
+    run(c.deps.on_package_synced(None, synced))
+    run(c.deps.run_pass())
+    assert run(c.deps.details(dep["id"]))["targets"][0]["state"] == "DEPLOYMENT START"
+    assert [a for _, a, _, _ in c.channel.sent] == ["deploy.start"]
+
+
+def test_package_synced_with_bad_data_is_refused(coordinator):
+    with pytest.raises(Refusal):
+        run(coordinator.deps.on_package_synced(None, SimpleNamespace(data={"relay": 3})))
+    with pytest.raises(Refusal):
+        run(coordinator.deps.on_package_synced(None, SimpleNamespace(
+            data={"relay": "x", "complete": [{"package_id": 1}]})))
+
+
+def test_only_the_masters_own_account_and_key_may_report_relay_packages():
+    from medulla_appliance.core import keys
+    from medulla_appliance.master.service import MasterService
+    key = keys.generate_private_key()
+    fake = SimpleNamespace(jid=JID("master@d.test/master"), private_key=key,
+                           enrolment=SimpleNamespace(trust=lambda s, e: "enrolment"))
+    synced = SimpleNamespace(envelope=SimpleNamespace(action="package.synced"))
+    trust = MasterService._trust
+    mine = trust(fake, JID("master@d.test/syncthing"), synced)
+    assert keys.public_key_text(mine) == keys.public_key_text(key)
+    assert trust(fake, JID("pc-a.abc@d.test/res"), synced) is None     # an agent
+    assert trust(fake, JID("master@d.test/master"), synced) is None    # not ourselves
+    other = SimpleNamespace(envelope=SimpleNamespace(action="deploy.result"))
+    assert trust(fake, JID("pc-a.abc@d.test/res"), other) == "enrolment"
