@@ -110,6 +110,11 @@ def verify(root: str, package_id: str, cached: Verified | None = None,
         return incomplete(f"{DESCRIPTOR}: {exc.strerror or exc}")
     except ValueError as exc:
         return incomplete(str(exc))
+    arriving = _syncthing_temp_file(folder)
+    if arriving is not None:
+        # The old files may still match the old descriptor, but a new version is on its
+        # way in: offering the old one now could hand an agent half of each.
+        return incomplete(f"Syncthing is still writing {arriving!r}")
     real_folder = os.path.realpath(folder)
     stats = [(DESCRIPTOR, *_stat_key(info))]
     paths = {}
@@ -145,6 +150,16 @@ def verify(root: str, package_id: str, cached: Verified | None = None,
         return incomplete("changed while being verified")
     return Verified(package_id, hashlib.sha256(raw).hexdigest(), fingerprint, None,
                     len(files), sum(e.size for e in files.values()))
+
+
+def _syncthing_temp_file(folder: str) -> str | None:
+    """A Syncthing temporary file under ``folder`` (a transfer in progress), if any."""
+    for directory, _dirs, names in os.walk(folder):
+        for name in names:
+            if (name.startswith(".syncthing.") or name.startswith("~syncthing~")) \
+                    and name.endswith(".tmp"):
+                return os.path.relpath(os.path.join(directory, name), folder)
+    return None
 
 
 def verify_fingerprint(root: str, package_id: str, files) -> tuple | None:

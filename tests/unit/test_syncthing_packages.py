@@ -216,3 +216,16 @@ def test_verification_gives_up_when_the_daemon_stops(tmp_path):
     make_package(tmp_path, "pkg", {"a.bin": b"a" * 3000})
     with pytest.raises(packages.Interrupted):
         packages.scan(str(tmp_path), {}, interrupted=lambda: True)
+
+
+def test_a_package_with_a_new_version_arriving_is_not_complete(tmp_path):
+    # The old files still match the old descriptor, but Syncthing is writing a new
+    # version beside them: offering the old one now could hand an agent half of each.
+    make_package(tmp_path, "pkg", {"a.bin": b"a" * 3000, "sub/b.txt": b"b"})
+    cached = packages.verify(str(tmp_path), "pkg")
+    assert cached.complete
+    (tmp_path / "pkg" / "sub" / ".syncthing.b.txt.tmp").write_bytes(b"new")
+    verified = packages.verify(str(tmp_path), "pkg", cached)
+    assert not verified.complete and "still writing" in verified.problem
+    (tmp_path / "pkg" / "sub" / ".syncthing.b.txt.tmp").unlink()
+    assert packages.verify(str(tmp_path), "pkg", cached).complete
