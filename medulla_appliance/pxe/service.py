@@ -1,0 +1,107 @@
+"""medulla-pxe's service tree: the TFTP server today; boot menus and proxyDHCP join later."""
+
+import os
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..core.config import ConfigError
+from .autoexec import AutoexecScript
+from .config import listen_addresses
+from .tftp.backend import Generators, SafeRoot
+from .tftp.options import OptionLimits
+from .tftp.protocol import TFTPServer
+
+
+def _root(cfg) -> str:
+    root = cfg["tftp"]["root"]
+    if not os.path.isdir(root):
+        file, line = cfg.origin("tftp", "root")
+        raise ConfigError(file, line, "tftp", "root", "%s is not a folder" % root)
+    return root
+
+
+def _backend(cfg) -> SafeRoot:
+    generators = Generators()
+    if cfg["tftp"]["menu_url"]:
+        generators.register("autoexec.ipxe", AutoexecScript(cfg["tftp"]["menu_url"]))
+    return SafeRoot(_root(cfg), generators)
+
+
+def _settings(cfg) -> dict:
+    tftp = cfg["tftp"]
+    return {"max_sessions": tftp["max_sessions"],
+            "max_sessions_per_client": tftp["max_sessions_per_client"],
+            "timeout": tftp["timeout"], "retries": tftp["retries"],
+            "verbose": tftp["verbose"],
+            "option_limits": OptionLimits(tftp["max_blksize"], tftp["max_windowsize"])}
+
+
+class TFTPService(service.Service):
+    """Listens on every ``[tftp] listen`` address and runs the transfers."""
+
+    log = Logger()
+
+    def __init__(self, cfg, reactor):
+        self.addresses = listen_addresses(cfg)
+        self.server = TFTPServer(_backend(cfg), reactor=reactor, **_settings(cfg))
+        self.ports = []
+
+    def startService(self):
+        try:
+            for port, interface in self.addresses:
+                self.ports.append(self.server.listen(port, interface))
+        except Exception:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            raise
+        super().startService()
+        for port in self.ports:
+            host = port.getHost()
+            self.log.info("TFTP listening on udp {host} port {port}, serving {root}",
+                          host=host.host, port=host.port, root=self.server.backend.root)
+
+    def stopService(self):
+        super().stopService()
+        self.server.stop()
+        ports, self.ports = self.ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def reload(self, cfg):
+        if listen_addresses(cfg) != self.addresses:
+            self.log.warn("[tftp] listen changed: restart medulla-pxe to listen there")
+        self.server.backend = _backend(cfg)
+        self.server.configure(**_settings(cfg))
+
+    def status_line(self) -> str:
+        server = self.server
+        return "TFTP: %d transfers running, %d served, %d refused" % (
+            len(server.transfers), server.served, server.refused)
+
+
+class PXEService(service.MultiService):
+    """Everything medulla-pxe runs, built from its configuration."""
+
+    log = Logger()
+
+    def __init__(self, cfg, reactor):
+        super().__init__()
+        self.reactor = reactor
+        self.tftp = TFTPService(cfg, reactor)
+        self.tftp.setServiceParent(self)
+
+    def when_ready(self):
+        return defer.succeed(None)
+
+    def status_line(self) -> str:
+        return self.tftp.status_line()
+
+    def reload(self, cfg):
+        """SIGHUP: limits, timeouts, verbosity, root and menu URL; addresses need a restart."""
+        try:
+            self.tftp.reload(cfg)
+        except ConfigError as exc:
+            self.log.error("reload refused, keeping the running configuration: {error}",
+                           error=exc)
