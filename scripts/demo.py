@@ -3,7 +3,8 @@
 
 Starts a real prosody (its own CA, STARTTLS required, a free port), medulla-master, and a
 medulla-agent for this very machine; waits until the agent has enrolled and is online;
-shows what an admin sees with medullactl; then stops everything it started, by PID.
+shows what an admin sees with medullactl; adds a sample package and deploys it to this
+machine through medulla-relay, with its audit; then stops everything it started, by PID.
 `make demo KEEP=1` leaves it running and prints how to use and stop it.
 """
 
@@ -25,6 +26,7 @@ from medulla_appliance.testing.pki import CertificateAuthority  # noqa: E402
 from medulla_appliance.testing.xmppserver import make_server  # noqa: E402
 
 WORK = ROOT / "demo-run"
+SAMPLE_PACKAGE = ROOT / "tests" / "data" / "packages" / "native-hello"
 DOMAIN = "medulla.demo"
 
 
@@ -98,6 +100,16 @@ def main():
         name = app.machines()[0]["hostname"]
         ctl(app, "machine", "show", name)
 
+        say("A package, deployed to this machine through the master host's relay")
+        app.start_relay()
+        ctl(app, "package", "add", str(SAMPLE_PACKAGE))
+        result = app.ctl("--json", "deploy", "native-hello", name)
+        dep = json.loads(result.stdout)["id"]
+        print("$ medullactl deploy native-hello %s\n  -> deployment %s" % (name, dep))
+        wait_deployment(app, dep)
+        ctl(app, "audit", dep)
+        ctl(app, "audit", dep, name)
+
         say("The agent stops: the master knows at once")
         stop_process(agent)
         agent = None
@@ -109,21 +121,32 @@ def main():
             keep(server, app, agent)
             server = app = agent = None
             return 0
-        say("Deployments come with issue #4; this demo stops here.")
     finally:
         stop_process(agent)
         if app is not None:
+            stop_process(app.relay)
             app.stop_master()
         if server is not None:
             server.close()
-            say("Stopped everything the demo started (prosody, master, agent).")
+            say("Stopped everything the demo started (prosody, master, relay, agent).")
     return 0
+
+
+def wait_deployment(app, dep, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [t["state"] for t in app.api("/api/v1/deployments/%s" % dep)["targets"]]
+        if all(s.startswith(("DEPLOYMENT SUCCESS", "ABORT")) for s in states):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("deployment %s not finished in %ss" % (dep, timeout))
 
 
 def keep(server, app, agent):
     server.detach()  # not stopped when this script exits
     (WORK / "pids.json").write_text(json.dumps(
-        {"prosody": server.pid, "medulla-master": app.master.pid, "medulla-agent": agent.pid}))
+        {"prosody": server.pid, "medulla-master": app.master.pid, "medulla-agent": agent.pid,
+         "medulla-relay": app.relay.pid}))
     say("Left running (KEEP=1)")
     print("try:   MEDULLA_API_URL=http://127.0.0.1:%d MEDULLA_API_TOKEN_FILE=%s "
           ".venv/bin/medullactl machines" % (app.api_port, app.state / "api-token"))
