@@ -167,3 +167,16 @@ def test_api_port_in_use_fails_the_start_with_one_line(tmp_path):
         busy.close()
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "Address already in use" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["medulla_appliance.master", "medulla_agent",
+                                    "medulla_appliance.ctl", "medulla_appliance.relay",
+                                    "medulla_appliance.pxe", "medulla_appliance.guard",
+                                    "medulla_appliance.syncthing"])
+def test_every_entry_point_answers_help(module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    if module != "medulla_appliance.ctl":  # the daemons; medullactl has no config file
+        assert "--config" in result.stdout
