@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-stop test unit integration bench lint deps venv clean
+.PHONY: demo demo-stop test unit integration bench lint deps venv clean deb deb-test
 
 demo: deps
 	$(PY) scripts/demo.py $(if $(KEEP),--keep)
@@ -14,7 +14,7 @@ demo-stop: venv
 	$(PY) scripts/demo.py --stop
 
 test: deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not packaging" $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -24,6 +24,14 @@ integration: deps
 
 bench: deps
 	$(PY) bench/run.py
+
+# Debian packages (README "Packaging"): every binary package into build/deb/, then lintian,
+# the units and the apt install/upgrade/remove/purge life in a debootstrap chroot (root).
+deb: deps
+	debian/build-debs build/deb
+
+deb-test: deb
+	MEDULLA_DEB_DIR=$(CURDIR)/build/deb $(PY) -m pytest tests/packaging $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check medulla_appliance agent tests scripts bench
