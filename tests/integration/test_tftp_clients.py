@@ -23,7 +23,7 @@ TIMEOUT = 120
 
 def need(binary):
     if shutil.which(binary) is None:
-        pytest.skip("%s is not installed (scripts/install-deps)" % binary)
+        pytest.fail("%s is not installed (scripts/install-deps)" % binary)
 
 
 @pytest.fixture(scope="module")

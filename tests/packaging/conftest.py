@@ -23,10 +23,10 @@ TOOLS = ("dpkg-buildpackage", "lintian", "debootstrap", "systemd-analyze", "help
 @pytest.fixture(scope="session", autouse=True)
 def _packaging_prerequisites():
     if os.geteuid() != 0:
-        pytest.skip("packaging tests run as root (chroot, mounts, apt)")
+        pytest.fail("packaging tests run as root (chroot, mounts, apt)")
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"missing {', '.join(missing)}: run scripts/install-deps")
+        pytest.fail(f"missing {', '.join(missing)}: run scripts/install-deps")
 
 
 @pytest.fixture(scope="session")
