@@ -271,8 +271,9 @@ def _group_alive(pgid):
         try:
             with open("/proc/%s/stat" % name, "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
+            group, state = int(fields[2]), fields[0]
+        except (OSError, IndexError, ValueError):
+            continue  # gone between listdir and read
+        if group == pgid and state != b"Z":
             return True
     return False

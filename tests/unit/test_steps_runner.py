@@ -165,7 +165,11 @@ class RunnerTests(unittest.TestCase):
     def test_cancelling_a_step_kills_its_process_group(self):
         d = self.runner.run_script(
             "/bin/sh", "trap '' TERM; echo $$ > child.pid; while :; do sleep 0.1; done", {}, 60)
-        yield sleep(0.3)
+        for _ in range(100):  # a loaded machine may take a while to start the shell
+            if os.path.exists(os.path.join(self.cwd, "child.pid")) and \
+                    os.path.getsize(os.path.join(self.cwd, "child.pid")):
+                break
+            yield sleep(0.1)
         pid = self.pid_from("child.pid")
         d.cancel()
         yield self.assertFailure(d, defer.CancelledError)
@@ -174,6 +178,12 @@ class RunnerTests(unittest.TestCase):
                 break
             yield sleep(0.1)
         self.assertFalse(alive(pid))
+        # The runner sees the group gone on its next poll: let it finish its own timers.
+        for _ in range(100):
+            if not [c for c in reactor.getDelayedCalls()
+                    if c.active() and getattr(c.func, "__qualname__", "").startswith("_Run.")]:
+                break
+            yield sleep(0.1)
 
     @defer.inlineCallbacks
     def test_the_sample_package_runs_to_success_through_the_engine(self):
