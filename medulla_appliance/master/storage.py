@@ -164,12 +164,6 @@ def set_online(conn, uuid, online, ts, detail, resource=None):
     add_event(conn, uuid, ts, "online" if online else "offline", detail)
 
 
-def touch(conn, seen):
-    """Update last_seen of many machines at once: {uuid: ts}."""
-    conn.executemany("UPDATE machines SET last_seen = ? WHERE uuid = ?",
-                     [(ts, uuid) for uuid, ts in seen.items()])
-
-
 def reset_key(conn, uuid, ts):
     conn.execute("UPDATE machines SET key_fingerprint = '', public_key = '' WHERE uuid = ?",
                  (uuid,))

@@ -102,11 +102,6 @@ def parse_facts(data):
         services=tuple(sorted(k for k, v in services.items() if v)))
 
 
-def agent_jid_parts(hostname, suffix, mac):
-    """(localpart, resource) of an agent's JID, as Medulla names agents."""
-    return "%s.%s" % (hostname.lower(), suffix), mac.replace(":", "")
-
-
 def check_sender(facts, sender, domain):
     """Refused (403) unless `sender` (a JID) is `HOST.SFX@domain/MAC` for these facts."""
     local = (sender.user or "")
