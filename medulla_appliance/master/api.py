@@ -110,19 +110,21 @@ class ApiResource(Resource):
     log = Logger()
 
     def __init__(self, registry: Any, token: str, *, clock: IReactorTime,
-                 deployments: Any = None, packages: Any = None, run_in_thread=None):
+                 deployments: Any = None, packages: Any = None, run_in_thread=None,
+                 route_groups: tuple = ()):
         super().__init__()
         if not token:
             raise ValueError("the API token must not be empty")
         self._registry = registry
         self._token = token.encode("utf-8")
         self._clock = clock
-        self._more_routes = None
+        # Each group has ``route(rest) -> (handlers by method, args) | None``.
+        self._route_groups = list(route_groups)
         if deployments is not None or packages is not None:
             # Imported here: api_deploy builds on this module's ApiError and Created.
             from .api_deploy import DeployRoutes
-            self._more_routes = DeployRoutes(deployments, packages, clock=clock,
-                                             run_in_thread=run_in_thread)
+            self._route_groups.insert(0, DeployRoutes(deployments, packages, clock=clock,
+                                                      run_in_thread=run_in_thread))
 
     def render(self, request):
         """Answer *request* asynchronously; never leaves it hanging."""
@@ -181,9 +183,10 @@ class ApiResource(Resource):
                 return reads(self._machine), (rest[1],)
             if len(rest) == 3 and rest[0] == b"machines" and rest[1] and rest[2] == b"reset-key":
                 return {b"POST": self._reset_key}, (rest[1],)
-            found = self._more_routes and self._more_routes.route(rest)
-            if found:
-                return found
+            for group in self._route_groups:
+                found = group.route(rest)
+                if found:
+                    return found
         raise ApiError(404, "not-found", "no such endpoint")
 
     # -- handlers: parameters in, registry calls, plain data out -----------------------
@@ -275,8 +278,9 @@ def make_api_resource(registry: Any, token: str, *, clock: IReactorTime,
                       **collaborators: Any) -> IResource:
     """Build the API's root resource over *registry*, guarded by *token*.
 
-    *collaborators*: ``deployments`` (the coordinator), ``packages`` (the package store)
-    and ``run_in_thread`` (default ``deferToThread``), all optional.
+    *collaborators*: ``deployments`` (the coordinator), ``packages`` (the package store),
+    ``run_in_thread`` (default ``deferToThread``) and ``route_groups`` (more objects with
+    ``route(rest)``, such as PXE menus or relays), all optional.
     """
     return ApiResource(registry, token, clock=clock, **collaborators)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from xml.etree import ElementTree
 
 from ..core.config import Key, Schema
+from ..core.xmpp.link import link_sections
 
 DEFAULT_CONFIG = "/etc/medulla/syncthing.ini"
 FOLDER_ID = "medulla-packages"
@@ -62,30 +63,9 @@ SCHEMA = Schema({
         "relays": Key("bool", False, help="use Syncthing's public relays"),
         "nat": Key("bool", False, help="UPnP/NAT-PMP port mapping"),
     },
-    "xmpp": {
-        "jid": Key("str", "",
-                   help="full JID this daemon logs in as, e.g.\n"
-                        "relay-lyon@medulla.local/syncthing; empty: no XMPP, only logs"),
-        "password_file": Key("secret_file", "/etc/medulla/relay-xmpp.password",
-                             help="file (mode 0600) holding the XMPP account's password"),
-        "server": Key("str", "127.0.0.1", help="XMPP server to connect to"),
-        "port": Key("int", 5222, min=1, max=65535, help="its client-to-server port"),
-        "ca_file": Key("path", "/etc/medulla/pki/ca.pem",
-                       help="CA that signed the XMPP server's certificate"),
-        "master_jid": Key("str", "master@medulla.local/master",
-                          help="where package.synced notifications go"),
-        "keepalive_interval": Key("duration", "30s", min=1, max=3600,
-                                  help="ping the XMPP server this often"),
-        "keepalive_timeout": Key("duration", "10s", min=1, max=600,
-                                 help="no answer within this: reconnect"),
-    },
-    "keys": {
-        "private_key": Key("path", "/var/lib/medulla/relay/relay.key",
-                           help="this relay's Ed25519 signing key, created at first start"),
-        "master_public_key": Key("str", "",
-                                 help="the master's public key (ed25519:...): replies that\n"
-                                      "verify with it are read; empty: replies are ignored"),
-    },
+    **link_sections(password_file="/etc/medulla/relay-xmpp.password",
+                    private_key="/var/lib/medulla/relay/relay.key",
+                    jid_example="relay-lyon@medulla.local/syncthing"),
 })
 
 

@@ -18,26 +18,11 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
-from wokkel.subprotocols import XMPPHandler
 
 ACTION = "package.synced"
 #: Entries per envelope: ~130 bytes each, far below the 256 KiB envelope limit.
 MAX_ITEMS_PER_ENVELOPE = 400
 BATCH_DELAY_SECONDS = 1.0
-
-
-class SessionWatcher(XMPPHandler):
-    """Calls ``up()`` when an XMPP session is ready, ``down()`` when it is lost."""
-
-    def __init__(self, up, down):
-        super().__init__()
-        self.up, self.down = up, down
-
-    def connectionInitialized(self):
-        self.up()
-
-    def connectionLost(self, reason):
-        self.down()
 
 
 def _entries(items):
@@ -135,16 +120,3 @@ class MasterNotifier:
                           ret=envelope.ret, error=envelope.data.get("message")
                           or envelope.data.get("error"))
         return None
-
-
-def master_trust(master_jid, master_public_key):
-    """EnvelopeChannel trust: only the master's replies, verified with its key (or no
-    one when the key is not configured)."""
-    master = (JID(master_jid) if isinstance(master_jid, str) else master_jid).userhost().lower()
-
-    def trust(sender, signed):
-        if master_public_key is not None and sender.userhost().lower() == master:
-            return master_public_key
-        return None
-
-    return trust

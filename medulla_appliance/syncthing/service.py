@@ -4,19 +4,13 @@ configured, the link that tells the master (``package.synced``)."""
 from dataclasses import replace
 
 from twisted.application import service
-from twisted.internet import endpoints
 from twisted.logger import Logger
-from twisted.words.protocols.jabber.jid import JID
 
-from ..core import keys
 from ..core.config import ConfigError
-from ..core.xmpp.auth import tls_options
-from ..core.xmpp.channel import EnvelopeChannel
-from ..core.xmpp.client import XMPPClientService
-from ..core.xmpp.handlers import DiscoInfoHandler, PingHandler
+from ..core.xmpp.link import ApplianceLink
 from .config import Settings, read_api_key
 from .controller import LogListener, SyncthingController
-from .notify import MasterNotifier, SessionWatcher, master_trust
+from .notify import MasterNotifier
 from .rest import SyncthingClient, SyncthingKeyError
 
 #: Changing these needs a restart: they name what the running daemon is attached to.
@@ -62,26 +56,13 @@ class SyncthingService(service.MultiService):
         self.controller.setServiceParent(self)
 
     def _build_xmpp(self, cfg, reactor):
-        xcfg = cfg["xmpp"]
-        jid = JID(xcfg["jid"])
-        password = cfg.read_secret("xmpp", "password_file")
-        private_key = keys.load_or_create_private_key(cfg["keys"]["private_key"])
-        master_key = cfg["keys"]["master_public_key"]
-        trust = master_trust(xcfg["master_jid"],
-                             keys.load_public_key(master_key) if master_key else None)
-        channel = EnvelopeChannel(jid, private_key, reactor, trust)
+        self.xmpp = ApplianceLink(cfg, reactor, name="medulla-syncthing")
         names = [self.settings.name]
         if self.settings.role == "master":
             names += [peer.name for peer in self.settings.peers]
-        notifier = MasterNotifier(channel, xcfg["master_jid"], reactor, relays=names)
-        self.xmpp = XMPPClientService(
-            jid, password, endpoints.HostnameEndpoint(reactor, xcfg["server"], xcfg["port"]),
-            tls_options(xcfg["ca_file"], jid.host), clock=reactor,
-            keepalive=(xcfg["keepalive_interval"], xcfg["keepalive_timeout"]))
-        for handler in (channel.messages, SessionWatcher(notifier.session_up,
-                                                         notifier.session_down),
-                        PingHandler(), DiscoInfoHandler(kind="bot", name="medulla-syncthing")):
-            self.xmpp.addHandler(handler)
+        notifier = MasterNotifier(self.xmpp.channel, self.xmpp.master_jid, reactor,
+                                  relays=names)
+        self.xmpp.on_session(notifier.session_up, notifier.session_down)
         self.xmpp.setServiceParent(self)
         return notifier
 

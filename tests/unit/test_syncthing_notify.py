@@ -13,12 +13,8 @@ from wokkel.subprotocols import StreamManager
 
 from medulla_appliance.core import envelope as env
 from medulla_appliance.core.xmpp.channel import EnvelopeChannel
-from medulla_appliance.syncthing.notify import (
-    ACTION,
-    MasterNotifier,
-    SessionWatcher,
-    master_trust,
-)
+from medulla_appliance.core.xmpp.link import SessionWatcher, master_trust
+from medulla_appliance.syncthing.notify import ACTION, MasterNotifier
 
 NOW = 1_763_820_000.0
 RELAY = JID("relay-lyon@medulla.example/syncthing")
