@@ -45,6 +45,7 @@ class MasterService(service.MultiService):
         self.enrolment = EnrolmentActions(self.registry, self.assessor, self.admission,
                                           enrolment_key, self.jid.host, self.presence)
         self.channel = EnvelopeChannel(self.jid, self.private_key, reactor, self._trust)
+        self.appliance_actions = set()
         self.channel.handle("agent.assess", self.enrolment.assess)
         self.channel.handle("agent.register", self.enrolment.register)
         self.packages = PackageStore(cfg["deploy"]["packages_root"])
@@ -54,10 +55,9 @@ class MasterService(service.MultiService):
             self.packages,
             parse_relay_urls(cfg["deploy"]["relay_urls"]),
             tick=cfg["deploy"]["pass_interval"])
-        for action, handler in (("deploy.progress", self.deployments.on_progress),
-                                ("deploy.result", self.deployments.on_result),
-                                ("package.synced", self.deployments.on_package_synced)):
-            self.channel.handle(action, handler)
+        self.channel.handle("deploy.progress", self.deployments.on_progress)
+        self.channel.handle("deploy.result", self.deployments.on_result)
+        self.handle_appliance("package.synced", self.deployments.on_package_synced)
         self.channel.on_heard = self.registry.heard
         self.pinger = PingHandler()
         self.xmpp = XMPPClientService(
@@ -82,13 +82,22 @@ class MasterService(service.MultiService):
         self._reconcile_call = None
         self._ready = defer.Deferred()
 
+    def handle_appliance(self, action, handler):
+        """``action`` is sent only by the appliance's own daemons (medulla-syncthing,
+        -pxe, -guard, -relay), never by agents: see :meth:`_appliance_key`."""
+        self.appliance_actions.add(action)
+        self.channel.handle(action, handler)
+
+    def _appliance_key(self, sender):
+        # The daemons on this host log in as the master's own account with another
+        # resource and sign with the master's key.
+        if sender.userhost() == self.jid.userhost() and sender != self.jid:
+            return self.private_key.public_key()
+        return None
+
     def _trust(self, sender, signed):
-        # medulla-syncthing on this host reports relays' packages as the master's own
-        # account and key (another resource); nobody else may say what a relay holds.
-        if signed.envelope.action == "package.synced":
-            if sender.userhost() == self.jid.userhost() and sender != self.jid:
-                return self.private_key.public_key()
-            return None
+        if signed.envelope.action in self.appliance_actions:
+            return self._appliance_key(sender)
         return self.enrolment.trust(sender, signed)
 
     def startService(self):
