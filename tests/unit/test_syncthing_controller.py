@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from medulla_appliance.syncthing import configure
 from medulla_appliance.syncthing.config import FOLDER_ID, Peer, Settings
 from medulla_appliance.syncthing.controller import SyncthingController
-from medulla_appliance.testing.syncthing import FakeSyncthingClient
+from medulla_appliance.testing.fake_syncthing import FakeSyncthingClient
 
 MASTER_ID = "FDXK2TM-IW4H3YI-EGGBUJ6-JSGK7KB-S2TIIFY-2RWPUQR-PKCDY4S-2RHUUQR"
 RELAY_ID = "YPDKACQ-DJ5TONZ-4ZOLBDY-ZNMJYSK-O6IL4ER-D32AQID-HAJARTL-3LRCTA7"

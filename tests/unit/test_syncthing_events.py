@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 
 from medulla_appliance.syncthing.events import EventStream
-from medulla_appliance.testing.syncthing import FakeSyncthingClient
+from medulla_appliance.testing.fake_syncthing import FakeSyncthingClient
 
 
 class Stream:
