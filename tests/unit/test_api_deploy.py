@@ -18,7 +18,7 @@ from medulla_appliance.master.deployments import DeploymentError
 from medulla_appliance.master.logic import scheduler
 from medulla_appliance.master.logic.scheduler import FINAL
 from medulla_appliance.packages.store import PackageStore
-from tests.unit.test_api import NOW, FakeRegistry, Harness
+from tests.unit.api_harness import NOW, FakeRegistry, Harness
 
 DEP = "dep-0123456789abcdef"
 
