@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from medulla_appliance.core.envelope import canonical_json
+from medulla_appliance.core.private_file import create_private_file
 
 PUBLIC_KEY_PREFIX = "ed25519:"
 PUBLIC_KEY_BYTES = 32
@@ -69,33 +70,9 @@ def _create_private_key(path: str) -> Ed25519PrivateKey:
     key = generate_private_key()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
     try:
-        # Created 0600 from the start: there is no moment when others could read it.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                # link() never replaces an existing file: if two starts race, both end up
-                # using the one key on disk instead of one silently losing its key.
-                os.link(tmp, path)
-            except FileExistsError:
-                return _read_private_key(path)
-            except OSError:
-                os.rename(tmp, path)  # file systems without hard links
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # the new name survives a power cut
-        finally:
-            os.close(dir_fd)
+        if not create_private_file(path, pem):
+            return _read_private_key(path)  # another start made it first: use that one
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot create private key: {exc.strerror or exc}") from None
     return key

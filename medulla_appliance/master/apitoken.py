@@ -13,6 +13,8 @@ import secrets
 import stat
 from typing import Callable
 
+from ..core.private_file import create_private_file
+
 #: Where the Debian packages put it (StateDirectory=medulla/master of the unit).
 DEFAULT_TOKEN_PATH = "/var/lib/medulla/master/api-token"
 
@@ -63,34 +65,11 @@ def read_token(path: str) -> str:
 
 def _create(path: str, token: str) -> None:
     _check_token(path, token)
-    tmp = f"{path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(tmp, flags, 0o600)
+        # False: another process won the race; its token is the one to use.
+        create_private_file(path, (token + "\n").encode("ascii"))
     except OSError as e:
         raise TokenFileError(f"cannot create API token {path}: {_reason(e)}") from None
-    try:
-        # The umask can only remove bits; fchmod makes 0600 explicit whatever it is.
-        os.fchmod(fd, 0o600)
-        os.write(fd, (token + "\n").encode("ascii"))
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process won the race; its token is the one to use
-        else:
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    except OSError as e:
-        raise TokenFileError(f"cannot create API token {path}: {_reason(e)}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def _read(path: str, *, hint: str) -> str:
@@ -135,19 +114,6 @@ def _check_token(path: str, token: str) -> None:
     # break the header or let the file inject another one.
     if not all(0x21 <= ord(c) <= 0x7E for c in token):
         raise TokenFileError(f"API token {path} contains spaces or control characters")
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return  # durability of the directory entry is best effort
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _reason(error: OSError) -> str:
