@@ -7,7 +7,6 @@ import itertools
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 
 from medulla_appliance.core import envelope as env
@@ -19,6 +18,7 @@ from medulla_appliance.master.logic.admission import Admission
 from medulla_appliance.master.logic.assessor import Assessor, Relay
 from medulla_appliance.master.protocol import EnrolmentActions
 from medulla_appliance.master.registry import Registry
+from tests.unit.deferreds import result_of
 
 NOW = 1_763_820_000.0
 DOMAIN = "medulla.example"
@@ -27,15 +27,6 @@ MASTER = JID("master@medulla.example/master")
 MASTER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KEY1 = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 KEY2 = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
-
-
-def result_of(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 class Presence:

@@ -5,32 +5,16 @@ import itertools
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.jid import JID
 
 from medulla_appliance.core.store import Store
 from medulla_appliance.master import storage
 from medulla_appliance.master.logic.identity import Refused, parse_facts
 from medulla_appliance.master.registry import Registry
+from tests.unit.deferreds import failure_of, result_of
 
 DOMAIN = "medulla.example"
 VMWARE = "00:50:56:c0:00:01"
-
-
-def result_of(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
-
-
-def failure_of(d):
-    out = []
-    d.addBoth(out.append)
-    assert out and isinstance(out[0], Failure), "expected a failure, got %r" % out
-    return out[0].value
 
 
 class Agent:

@@ -7,31 +7,14 @@ import threading
 
 import pytest
 from twisted.internet import defer
-from twisted.python.failure import Failure
 from twisted.trial import unittest as trial
 
 from medulla_appliance.core.store import Migration, Store, StoreError, sqlite_path
 from medulla_appliance.master import storage
+from tests.unit.deferreds import failure_of, result_of
 
 NOTES_V1 = Migration(1, "notes", ("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)",))
 NOTES_V2 = Migration(2, "note tags", ("ALTER TABLE notes ADD COLUMN tag TEXT",))
-
-
-def result_of(d):
-    """The result of a Deferred that has already fired (threaded=False stores)."""
-    out = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
-
-
-def failure_of(d):
-    out = []
-    d.addBoth(out.append)
-    assert out and isinstance(out[0], Failure), "expected a failed Deferred, got %r" % out
-    return out[0].value
 
 
 def versions(store):
