@@ -128,7 +128,7 @@ class Registry:
     def bare_jid(self, uid):
         return self._jid_by_uuid.get(uid, "")
 
-    def available(self, jid):
+    def available(self, jid, detail=None):
         """An enrolled agent's session is up (presence available)."""
         uid = self.uuid_for(jid)
         if uid is None:
@@ -138,7 +138,8 @@ class Registry:
         if self._online.get(uid) == jid.full():
             return None
         self._online[uid] = jid.full()
-        return self._write_presence(uid, True, "presence from %s" % jid.full(), jid.resource or "")
+        return self._write_presence(uid, True, detail or "presence from %s" % jid.full(),
+                                    jid.resource or "")
 
     def unavailable(self, jid, detail="presence unavailable"):
         """An agent's session ended (or stopped answering)."""
@@ -148,9 +149,18 @@ class Registry:
         return self._go_offline(uid, detail)
 
     def heard(self, jid):
+        """A verified envelope from the session ``jid``: that agent is alive. One marked
+        offline meanwhile (its ping answer came too late under load) is online again:
+        its session never ended, so no presence would ever say so."""
         uid = self.uuid_for(jid)
-        if uid is not None and uid in self._online:
+        if uid is None:
+            return None
+        if uid in self._online:
             self._heard[uid] = self.clock.seconds()
+            return None
+        if not jid.resource:
+            return None
+        return self.available(jid, "heard from %s" % jid.full())
 
     def due_for_ping(self, silent_for, limit):
         """Up to `limit` (uuid, full JID) of online agents silent for `silent_for` seconds
@@ -168,6 +178,8 @@ class Registry:
         then proves it alive too: a slow answer under load is not a death."""
         self._pinging.discard(uid)
         if self._online.get(uid) != full_jid:
+            if alive and uid not in self._online:  # marked offline, yet it answered
+                return self.available(JID(full_jid), "answered a ping from %s" % full_jid)
             return None
         if alive:
             self._heard[uid] = self.clock.seconds()

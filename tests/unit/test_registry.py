@@ -219,6 +219,42 @@ def test_a_late_ping_answer_is_not_a_death_when_the_agent_spoke_meanwhile(regist
     assert machine(registry, uid)["online"] is True
 
 
+def test_an_agent_marked_offline_is_online_again_when_it_speaks(registry, clock):
+    # Under load a ping answer can come after the timeout: the master marks the agent
+    # offline, but its session lives on and no presence will ever come. Its next
+    # verified envelope must bring it back, or it stays offline until it reconnects.
+    uid = register(registry, PC01)
+    clock.advance(30)
+    registry.due_for_ping(20, 100)
+    result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
+    assert machine(registry, uid)["online"] is False
+    clock.advance(5)
+    result_of(registry.heard(PC01.jid))
+    m = machine(registry, uid)
+    assert m["online"] is True and m["jid"] == PC01.jid.full()
+    assert events(registry, uid)[0] == ("online", "heard from %s" % PC01.jid.full())
+    assert registry.heard(PC01.jid) is None                     # already online: no write
+    assert registry.heard(JID("stranger@medulla.example/x")) is None
+
+
+def test_a_late_pong_brings_an_agent_marked_offline_back(registry, clock):
+    uid = register(registry, PC01)
+    clock.advance(30)
+    registry.due_for_ping(20, 100)
+    result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
+    registry.due_for_ping(0, 100)
+    result_of(registry.ping_answered(uid, PC01.jid.full(), True, clock.seconds()))
+    assert machine(registry, uid)["online"] is True
+
+
+def test_a_pong_from_an_old_session_does_not_replace_the_live_one(registry, clock):
+    uid = register(registry, PC01)
+    new_session = JID(PC01.jid.userhost() + "/0a1b2c3d4eff")
+    result_of(registry.available(new_session))
+    assert registry.ping_answered(uid, PC01.jid.full(), True, clock.seconds()) is None
+    assert machine(registry, uid)["jid"] == new_session.full()
+
+
 def test_a_fleet_silent_at_once_is_pinged_at_a_bounded_rate(registry, clock):
     machines = [register(registry, Agent("pc%02d" % i, ["0a:1b:2c:3d:4e:%02x" % i], "k%d" % i))
                 for i in range(10)]
