@@ -2,6 +2,7 @@
 
     bench/run.py                                   every bench/*.py (each has a main())
     bench/run.py registration_storm --agents 500   one of them, with its own options
+    bench/run.py fanout --agents 50                a small fan-out (writes no result)
 
 Each benchmark writes bench/results/<name>.json (rows as CONVENTIONS.md "Benchmarks"
 describes); the table is rebuilt from all of them, so rows of benchmarks not run this

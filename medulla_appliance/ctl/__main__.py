@@ -14,7 +14,13 @@ import sys
 import time
 from typing import Callable, Mapping, Sequence, TextIO
 
-from medulla_appliance.ctl import guard_commands, render
+from medulla_appliance.ctl import (
+    group_commands,
+    guard_commands,
+    pxe_commands,
+    relay_commands,
+    render,
+)
 from medulla_appliance.ctl.client import (
     DEFAULT_URL,
     EXIT_API,
@@ -100,6 +106,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     status.set_defaults(run=_status)
     add_commands(commands, command)
     guard_commands.add_parser(commands, command)
+    group_commands.add_parser(commands, command)
+    relay_commands.add_parser(commands, command)
+    pxe_commands.add_parser(commands, command)
     return parser
 
 

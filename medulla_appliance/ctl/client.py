@@ -165,6 +165,60 @@ class ApiClient:
         return self._get(f"/api/v1/deployments/{_segment(dep_id)}/machines/"
                          f"{_segment(machine)}/audit")
 
+    # -- groups ------------------------------------------------------------------------
+
+    def groups(self) -> list[dict]:
+        """``GET /api/v1/groups``: each group with its machine counts."""
+        return self._list("/api/v1/groups", "groups")
+
+    def group(self, name: str) -> dict:
+        """``GET /api/v1/groups/<name>``: the group and its machines."""
+        return self._get("/api/v1/groups/" + _segment(name))
+
+    def create_group(self, name: str, machines: list[str], *, replace: bool = False) -> dict:
+        """``POST /api/v1/groups``: a group of *machines* (names), replacing one if asked."""
+        return self._request("POST", "/api/v1/groups",
+                             body={"name": name, "machines": machines, "replace": replace})
+
+    def change_group(self, name: str, verb: str, machines: list[str]) -> dict:
+        """``POST /api/v1/groups/<name>/add`` or ``.../remove`` (*verb*) with *machines*."""
+        return self._request("POST", f"/api/v1/groups/{_segment(name)}/{_segment(verb)}",
+                             body={"machines": machines})
+
+    def delete_group(self, name: str) -> dict:
+        """``DELETE /api/v1/groups/<name>``: the group goes, its machines stay."""
+        return self._request("DELETE", "/api/v1/groups/" + _segment(name))
+
+    # -- relays ------------------------------------------------------------------------
+
+    def relays(self) -> list[dict]:
+        """``GET /api/v1/relays``: the enrolled relays."""
+        return self._list("/api/v1/relays", "relays")
+
+    def relay(self, name: str) -> dict:
+        """``GET /api/v1/relays/<name>``: one relay, its daemons, status and packages."""
+        return self._get("/api/v1/relays/" + _segment(name))
+
+    def reset_relay_key(self, name: str) -> dict:
+        """``POST /api/v1/relays/<name>/reset-key``: its next enrolment pins a new key."""
+        return self._request("POST", f"/api/v1/relays/{_segment(name)}/reset-key", data=b"")
+
+    # -- bans --------------------------------------------------------------------------
+
+    def bans(self, host: str | None = None) -> list[dict]:
+        """``GET /api/v1/bans``: medulla-guard's bans in force on every host (or *host*)."""
+        query = "" if host is None else "?host=" + urllib.parse.quote(host, safe="")
+        return self._list("/api/v1/bans" + query, "bans")
+
+    # -- PXE boot menus ----------------------------------------------------------------
+
+    def pxe(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A ``/api/v1/pxe/...`` call for ``medullactl pxe menu``; *path* is already made
+        of encoded segments."""
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            return self._request(method, path, data=b"")
+        return self._request(method, path, body=body)
+
     def _list(self, path: str, key: str) -> list[dict]:
         items = self._get(path).get(key)
         if not isinstance(items, list):

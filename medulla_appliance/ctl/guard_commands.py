@@ -1,5 +1,12 @@
-"""`medullactl guard status|bans|ban ADDR|unban ADDR`: medulla-guard on this host,
-through its local control socket (no master API, no token: the socket's mode decides)."""
+"""`medullactl guard ...`: medulla-guard.
+
+``status``, ``bans``, ``ban ADDR`` and ``unban ADDR`` ask medulla-guard on *this host*
+through its local control socket (no master API, no token: the socket's mode decides).
+``fleet`` asks the *master's API* for the bans in force on every host (the master and
+each relay report theirs with guard.ban/guard.unban); it lives here rather than as a
+top-level ``medullactl bans`` so that everything about medulla-guard is under one command,
+and its help says where each answer comes from.
+"""
 
 import json
 
@@ -11,24 +18,38 @@ EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3
 
 def add_parser(commands, command):
     """Add the `guard` command to medullactl's subparsers."""
-    guard = command(commands, "guard", help="medulla-guard on this host (bans)",
-                    description="Ask medulla-guard on this host, through its control socket.")
+    guard = command(commands, "guard", help="medulla-guard: bans on this host, or fleet-wide",
+                    description="status, bans, ban and unban ask medulla-guard on this "
+                                "host through its control socket (--socket); fleet asks "
+                                "the master's API (--url, --token-file) for the bans of "
+                                "every host.")
     guard.add_argument("--socket", default=control.DEFAULT_SOCKET,
-                       help="control socket (default %(default)s)")
+                       help="control socket of the local commands (default %(default)s)")
     actions = guard.add_subparsers(dest="guard_action", metavar="ACTION", required=True)
-    command(actions, "status", help="backend, jails, number of bans")
-    command(actions, "bans", help="the addresses banned now")
-    ban = command(actions, "ban", help="ban an address now")
+    local = [
+        command(actions, "status", help="this host: backend, jails, number of bans"),
+        command(actions, "bans", help="this host: the addresses banned now"),
+    ]
+    ban = command(actions, "ban", help="this host: ban an address now")
     ban.add_argument("address")
-    ban.add_argument("--seconds", type=float, default=None, help="how long (default: the "
-                     "jail's ban time)")
-    unban = command(actions, "unban", help="lift a ban now")
+    ban.add_argument("--seconds", type=float, default=None, help="how long (default: "
+                     "[guard] manual_bantime)")
+    unban = command(actions, "unban", help="this host: lift a ban now")
     unban.add_argument("address")
-    guard.set_defaults(run_local=run)
+    for parser in local + [ban, unban]:
+        parser.set_defaults(run_local=run)
+    fleet = command(actions, "fleet", help="every host, from the master's API: the bans "
+                                           "in force",
+                    description="The bans in force on the master host and every relay, as "
+                                "their medulla-guard reported them to the master "
+                                "(GET /api/v1/bans).")
+    fleet.add_argument("--host", default=None, help="only this host ('master' or a relay "
+                                                    "name)")
+    fleet.set_defaults(run=run_fleet)
 
 
 def run(args, out, err):
-    """Run a guard command; returns the exit code."""
+    """Run a local guard command; returns the exit code."""
     try:
         if args.guard_action == "status":
             reply = control.status(socket_path=args.socket)
@@ -50,6 +71,31 @@ def run(args, out, err):
     else:
         print(render_reply(args.guard_action, reply), file=out)
     return EXIT_OK
+
+
+def run_fleet(client, args, out, now):
+    """`medullactl guard fleet`: the master's list, as a table or JSON."""
+    bans = client.bans(args.host)
+    if args.json:
+        args.print_json(bans, out)
+    else:
+        print(render_fleet(bans, now), file=out)
+    return EXIT_OK
+
+
+def render_fleet(bans, now):
+    """Plain text for the fleet's bans: address, host, jail, until (and time left)."""
+    if not bans:
+        return "no address is banned on any host"
+    rows = []
+    for ban in bans:
+        until = ban.get("until")
+        left = render.format_duration(until - now) if isinstance(until, (int, float)) \
+            and not isinstance(until, bool) else "?"
+        rows.append([ban.get("address"), ban.get("host"), ban.get("jail"),
+                     "%s (%s)" % (render.format_time(until), left),
+                     "admin" if ban.get("manual") is True else str(ban.get("failures"))])
+    return render.render_table(["ADDRESS", "HOST", "JAIL", "UNTIL", "FAILURES"], rows)
 
 
 def render_reply(action, reply):

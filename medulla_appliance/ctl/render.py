@@ -114,6 +114,8 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
 
 
 def _state(machine: dict) -> str:
+    if machine.get("jid") == "":  # registered by medulla-pxe, no agent has enrolled yet
+        return "not imaged yet"
     return "online" if machine.get("online") is True else "offline"
 
 

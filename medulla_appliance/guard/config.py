@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..core.config import ConfigError, ConfigErrors, Key, Schema
 from ..core.ini import InvalidValue, convert, read_ini
+from ..core.xmpp.link import link_sections
 from .filters import DEFAULT_PREFIX, Filter, FilterError
 
 DEFAULT_CONFIG = "/etc/medulla/guard.ini"
@@ -60,7 +61,17 @@ SCHEMA = Schema({
                              "fill memory or the sets)"),
         "manual_bantime": Key("duration", "1h", min=1, max=365 * 86400,
                               help="ban time of 'medullactl guard ban ADDR' without one"),
+        "snapshot_interval": Key("duration", "10m", min=10, max=86400,
+                                 help="with [xmpp] jid: every ban in force is sent to the "
+                                      "master at each session start and this often (so "
+                                      "it catches up after its own restart)"),
     },
+    # Bans and unbans go to the master (guard.ban, guard.unban) when a jid is set.
+    **link_sections(password_file="/etc/medulla/relay-xmpp.password",
+                    private_key="/var/lib/medulla/relay/relay.key",
+                    jid_example="master@medulla.local/guard on the master host (with the\n"
+                                "master's password file and key), relay-lyon@medulla.local/guard\n"
+                                "on a relay"),
 })
 
 # The keys of a jail file's [jail] section; defaults are the seeds' rule.

@@ -138,6 +138,9 @@ class Filter:
         self._ignore_re = re.compile(
             r"(?:%s)?(?:%s)\r?\Z" % (prefix_re, "|".join(ignores))) if ignores else None
         self.size = len(failregex)
+        # What the filter does, to tell a changed filter from the same one read again.
+        self.signature = (name, self.daemons, self.journalmatch, self._line_re.pattern,
+                          None if self._ignore_re is None else self._ignore_re.pattern)
 
     def _result(self, match, ignore, text):
         if match is None:

@@ -1,10 +1,16 @@
-"""medulla-guard's service tree: sources -> filters -> jail logic -> ban book -> backend.
+"""medulla-guard's service tree: sources -> filters -> jail logic -> ban book -> backend,
+and, when an XMPP account is configured, ban events to the master.
 
 Start-up order matters for "bans survive everything": the state file (offence history,
 which jail banned whom) is read, the backend is set up and lists the bans still in the
 firewall, bans the state file knows but the firewall lost (a reboot empties nftables)
-are put back for what remains of them, and only then are sources followed and the
-control socket opened.
+are put back for what remains of them, and only then are sources followed, the control
+socket opened and the master told (its link starts last: its first snapshot lists the
+restored bans).
+
+SIGHUP (``reload``) re-reads guard.ini and the rules folder; a bad rule refuses the whole
+reload and the running jails go on. Added, removed and changed jails, filters and sources
+take effect; bans in force are kept (see ``runners.SourceSet.attach``).
 """
 
 import ipaddress
@@ -14,13 +20,16 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
+from ..core.config import ConfigError
+from ..core.xmpp.link import ApplianceLink
 from . import config as guard_config
 from .control import CommandError, ControlFactory
 from .filters import normalise_address
 from .logic.bans import BanBook, BanRefused
-from .logic.jail import Allowlist, BanPolicy, JailLogic
+from .logic.jail import Allowlist
 from .nft import DryRunBackend, NftBackend, NftRunner
-from .sources import FileFollower, JournalSource
+from .notify import BanNotifier
+from .runners import POLL_EVERY_S, JailRunner, SourceSet, same_jail
 from .state import (
     local_addresses,
     master_fleet_hosts,
@@ -29,10 +38,14 @@ from .state import (
     write_state,
 )
 
+__all__ = ("POLL_EVERY_S", "GuardService", "build")
+
 STATE_FILE = "state.json"
 STATE_EVERY_S = 5.0
-POLL_EVERY_S = 0.5
 MANUAL_JAIL = "manual"
+#: Changing these needs a restart: they name what the running daemon is attached to.
+_FIXED = (("guard", "backend"), ("guard", "table"), ("guard", "verdict"), ("guard", "nft"),
+          ("guard", "state_dir"), ("guard", "control_socket"))
 
 
 def _networks(items):
@@ -45,29 +58,8 @@ def _networks(items):
     return nets
 
 
-class JailRunner:
-    """One jail at run time: its logic, its filter, the sources feeding it."""
-
-    def __init__(self, jail, allowlist):
-        self.jail = jail
-        self.filter = jail.filter
-        self.logic = JailLogic(
-            jail.name, jail.maxretry, jail.findtime,
-            BanPolicy(jail.bantime, increment=jail.bantime_increment,
-                      factor=jail.bantime_factor, maximum=jail.bantime_max,
-                      repeat_window=jail.repeat_window),
-            allowlist)
-        self.followers = []
-        self.journal = None
-        self.bans = 0
-
-    def describe(self):
-        j = self.jail
-        return {"name": j.name, "filter": self.filter.name, "sources": list(j.sources),
-                "maxretry": j.maxretry, "findtime_s": j.findtime, "bantime_s": j.bantime,
-                "bantime_increment": j.bantime_increment,
-                "failures": self.logic.failures_seen, "tracked": len(self.logic.window),
-                "bans": self.bans}
+def _one_line(error):
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 class GuardService(service.MultiService):
@@ -76,27 +68,34 @@ class GuardService(service.MultiService):
     log = Logger()
 
     def __init__(self, cfg, reactor, jails, *, backend=None, use_inotify=True,
-                 local=None):
+                 local=None, link=None):
         super().__init__()
         self.cfg, self.reactor = cfg, reactor
         guard = cfg["guard"]
         self.state_path = os.path.join(guard["state_dir"], STATE_FILE)
-        self.book = BanBook(guard["max_bans"])
+        self.book = BanBook(guard["max_bans"],
+                            on_expired=lambda ban: self._tell_unbanned(ban, "expired"))
         self._local = local_addresses() if local is None else list(local)
         self._fleet = []
         self.allowlist = self._make_allowlist(cfg, jails_allow=())
         self.backend = backend or self._make_backend(cfg, reactor)
         self.runners = [JailRunner(j, self._make_allowlist(cfg, j.allowlist)) for j in jails]
         self._use_inotify = use_inotify
-        self._inotify = None
-        self._saved = {"positions": {}, "cursors": {}}
+        self.sources = None
         self._port = None
-        self._poll_scheduled = set()
         self._ready = defer.Deferred()
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = reactor
-        self._poller = task.LoopingCall(self._poll_all)
-        self._poller.clock = reactor
+        # The link to the master: ApplianceLink from [xmpp] (tests pass their own).
+        self.link, self._own_link = link, False
+        if link is None and cfg["xmpp"]["jid"]:
+            self.link, self._own_link = ApplianceLink(cfg, reactor, name="medulla-guard"), True
+        self.notifier = None
+        if self.link is not None:
+            self.notifier = BanNotifier(self.link, reactor,
+                                        lambda: self.book.active(self.reactor.seconds()),
+                                        snapshot_interval=guard["snapshot_interval"])
+            self.link.on_session(self.notifier.session_up, self.notifier.session_down)
 
     # -- construction -----------------------------------------------------------------
 
@@ -122,9 +121,6 @@ class GuardService(service.MultiService):
         now = self.reactor.seconds()
         state = read_state(self.state_path)
         self.book.load_state(state, now)
-        for key in ("positions", "cursors"):
-            if isinstance(state.get(key), dict):
-                self._saved[key] = state[key]
         # Failures counted before a restart still count: a restart is no amnesty.
         windows = state.get("failures") if isinstance(state.get("failures"), dict) else {}
         for runner in self.runners:
@@ -132,9 +128,16 @@ class GuardService(service.MultiService):
         present = await self.backend.setup()
         await self._reconcile(present, now)
         await self._resolve_fleet()
-        self._start_sources()
+        self.sources = SourceSet(self.reactor, self._lines, self._message,
+                                 saved={k: state.get(k) if isinstance(state.get(k), dict)
+                                        else {} for k in ("positions", "cursors")},
+                                 use_inotify=self._use_inotify,
+                                 journalctl=self.cfg["guard"]["journalctl"])
+        self.sources.attach(self.runners)
         await self._listen_control()
         self._ticker.start(STATE_EVERY_S, now=False)
+        if self._own_link:
+            self.link.setServiceParent(self)  # started now, as the parent runs
         self.log.info("guarding with {jails} jails, backend {backend}, {bans} bans in force",
                       jails=len(self.runners), backend=self.backend.name, bans=len(self.book))
 
@@ -174,57 +177,6 @@ class GuardService(service.MultiService):
         for runner in self.runners:
             runner.logic.allowlist = self._make_allowlist(cfg, runner.jail.allowlist)
 
-    def _start_sources(self):
-        positions = self._saved["positions"]
-        for runner in self.runners:
-            for source in runner.jail.sources:
-                if source == "journal":
-                    key = runner.jail.name
-                    runner.journal = JournalSource(
-                        self.reactor, lambda ident, msg, r=runner: self._message(r, ident, msg),
-                        runner.filter.journalmatch,
-                        journalctl=self.cfg["guard"]["journalctl"],
-                        cursor=self._saved["cursors"].get(key))
-                    runner.journal.start()
-                    continue
-                path = source.partition(":")[2]
-                follower = FileFollower(path, lambda lines, r=runner: self._lines(r, lines),
-                                        start=positions.get(path, "end"))
-                runner.followers.append(follower)
-                self._poll(follower)
-        self._watch_folders()
-        self._poller.start(POLL_EVERY_S, now=False)
-
-    def _watch_folders(self):
-        if not self._use_inotify:
-            return
-        try:
-            from twisted.internet import inotify
-            from twisted.python.filepath import FilePath
-        except ImportError:
-            return
-        folders = {}
-        for runner in self.runners:
-            for follower in runner.followers:
-                folders.setdefault(os.path.dirname(follower.path), []).append(follower)
-        if not folders:
-            return
-        self._inotify = inotify.INotify(self.reactor)
-        self._inotify.startReading()
-        mask = (inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO |
-                inotify.IN_CLOSE_WRITE | inotify.IN_ATTRIB)
-        for folder, followers in folders.items():
-            by_name = {os.path.basename(f.path).encode(): f for f in followers}
-
-            def changed(_watch, path, _mask, by_name=by_name):
-                follower = by_name.get(path.basename())
-                if follower is not None:
-                    self._poll_soon(follower)
-            try:
-                self._inotify.watch(FilePath(folder), mask=mask, callbacks=[changed])
-            except Exception as exc:  # a missing folder: the timer still polls
-                self.log.warn("cannot watch {folder}: {error}", folder=folder, error=exc)
-
     async def _listen_control(self):
         path = self.cfg["guard"]["control_socket"]
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -236,17 +188,13 @@ class GuardService(service.MultiService):
         return self._ready
 
     def stopService(self):
-        for call in (self._ticker, self._poller):
-            if call.running:
-                call.stop()
-        for runner in self.runners:
-            if runner.journal is not None:
-                runner.journal.stop()
-            for follower in runner.followers:
-                follower.close()
-        if self._inotify is not None:
-            self._inotify.loseConnection()
-        self._write_state()
+        if self._ticker.running:
+            self._ticker.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
+        if self.sources is not None:
+            self._write_state()
+            self.sources.stop()
         d = defer.maybeDeferred(service.MultiService.stopService, self)
         if self._port is not None:
             d.addCallback(lambda _: self._port.stopListening())
@@ -254,38 +202,60 @@ class GuardService(service.MultiService):
 
     def status_line(self):
         failures = sum(r.logic.failures_seen for r in self.runners)
-        return "%d jails, %d bans in force, %d failures seen" % (
+        line = "%d jails, %d bans in force, %d failures seen" % (
             len(self.runners), len(self.book), failures)
+        if self.link is not None:
+            line += "; master " + ("connected" if self.link.connected else "not connected")
+        return line
+
+    # -- reload -----------------------------------------------------------------------
 
     def reload(self, cfg):
-        """SIGHUP: the allowlist, max_bans, and fleet hosts (jails need a restart)."""
+        """SIGHUP: jails, filters, sources, the allowlist, limits and fleet hosts.
+
+        A rule file with a mistake refuses the whole reload (one log line) and the
+        running configuration goes on; bans in force are never touched.
+        """
+        try:
+            jails = guard_config.load_rules(cfg["guard"]["rules_dir"])
+        except ConfigError as exc:
+            self.log.error("reload refused, the running jails go on: {error}",
+                           error=_one_line(exc))
+            return False
+        keys = list(_FIXED) + [(section, key) for section in ("xmpp", "keys")
+                               for key in cfg[section]]
+        fixed = ["[%s] %s" % (s, k) for s, k in keys if cfg[s][k] != self.cfg[s][k]]
+        if fixed:
+            self.log.warn("{keys} changed: restart medulla-guard to apply",
+                          keys=", ".join(fixed))
         self.cfg = cfg
         self.book.max_bans = cfg["guard"]["max_bans"]
+        self.runners = self._new_runners(jails, self.reactor.seconds())
         self._refresh_allowlists(cfg)
+        if self.sources is not None:
+            self.sources.journalctl = cfg["guard"]["journalctl"]
+            self.sources.attach(self.runners)
+        self.log.info("reloaded: jails {names}", names=", ".join(
+            r.jail.name for r in self.runners) or "none")
         d = defer.ensureDeferred(self._resolve_fleet())
         d.addErrback(lambda f: self.log.failure("fleet hosts", f))
+        return True
+
+    def _new_runners(self, jails, now):
+        old = {runner.jail.name: runner for runner in self.runners}
+        runners = []
+        for jail in jails:
+            previous = old.get(jail.name)
+            if previous is not None and same_jail(previous.jail, jail):
+                runners.append(previous)  # unchanged: counts, sources, all kept
+                continue
+            runner = JailRunner(jail, self._make_allowlist(self.cfg, jail.allowlist))
+            if previous is not None:
+                runner.carry_over(previous, now)
+            runners.append(runner)
+        return runners
 
     # -- lines to bans ----------------------------------------------------------------
-
-    def _poll_soon(self, follower):
-        if follower not in self._poll_scheduled:
-            self._poll_scheduled.add(follower)
-            self.reactor.callLater(0, self._poll, follower)
-
-    def _poll(self, follower):
-        self._poll_scheduled.discard(follower)
-        try:
-            more = follower.poll()
-        except OSError as exc:
-            self.log.warn("reading {path}: {error}", path=follower.path, error=exc)
-            return
-        if more:
-            self._poll_soon(follower)
-
-    def _poll_all(self):
-        for runner in self.runners:
-            for follower in runner.followers:
-                self._poll(follower)
 
     def _lines(self, runner, lines):
         for hit, _line in runner.filter.scan(lines):
@@ -318,12 +288,21 @@ class GuardService(service.MultiService):
                       failures=decision.failures, jail=runner.jail.name,
                       offence=decision.offence)
         self._apply(address, decision.seconds)
+        self._tell_banned(ban)
 
     def _apply(self, address, seconds):
         d = self.backend.ban(address, seconds)
         d.addErrback(lambda f: self.log.error("ban of {address} not applied: {error}",
                                               address=address, error=f.getErrorMessage()))
         return d
+
+    def _tell_banned(self, ban):
+        if self.notifier is not None:
+            self.notifier.banned(ban)
+
+    def _tell_unbanned(self, ban, reason):
+        if self.notifier is not None:
+            self.notifier.unbanned(ban, reason)
 
     # -- control commands (see control.py) --------------------------------------------
 
@@ -351,12 +330,13 @@ class GuardService(service.MultiService):
         seconds = seconds or self.cfg["guard"]["manual_bantime"]
         now = self.reactor.seconds()
         try:
-            ban = self.book.add(address, MANUAL_JAIL, seconds, now)
+            ban = self.book.add(address, MANUAL_JAIL, seconds, now, manual=True)
         except BanRefused as exc:
             raise CommandError("full", str(exc)) from None
         await self.backend.ban(address, seconds)
         self.log.warn("banned {address} for {seconds}s by the admin", address=address,
                       seconds=round(seconds))
+        self._tell_banned(ban)
         return {"ban": ban.describe(now)}
 
     async def control_unban(self, text):
@@ -366,6 +346,8 @@ class GuardService(service.MultiService):
             runner.logic.window.forget(address)
         await self.backend.unban(address)
         self.log.warn("unbanned {address} by the admin", address=address)
+        if was is not None:
+            self._tell_unbanned(was, "admin")
         return {"address": address, "was_banned": was is not None}
 
     # -- state --------------------------------------------------------------------------
@@ -378,21 +360,11 @@ class GuardService(service.MultiService):
         self._write_state()
 
     def _write_state(self):
-        positions = dict(self._saved["positions"])
-        cursors = dict(self._saved["cursors"])
-        for runner in self.runners:
-            for follower in runner.followers:
-                position = follower.position()
-                if position is not None:
-                    positions[follower.path] = position
-            if runner.journal is not None and runner.journal.cursor:
-                cursors[runner.jail.name] = runner.journal.cursor
         now = self.reactor.seconds()
         state = self.book.to_state(now)
-        state.update(positions=positions, cursors=cursors,
+        state.update(self.sources.state(),
                      failures={r.jail.name: r.logic.window.snapshot(now) for r in self.runners})
         write_state(self.state_path, state)
-        self._saved = {"positions": positions, "cursors": cursors}
 
 
 def build(cfg, reactor):

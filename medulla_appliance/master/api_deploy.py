@@ -23,8 +23,6 @@ Every change is logged at info level with the peer, for the audit trail.
 from __future__ import annotations
 
 import errno
-import json
-import math
 import os
 import pwd
 import stat
@@ -39,6 +37,18 @@ from ..packages.descriptor import ID_RE, SEQUENCE_RE, DescriptorError
 from ..packages.medulla_import import import_medulla_folder
 from . import deployments as coordinator
 from .api import MAX_CANDIDATES, ApiError, Created, _echo, _peer, reads
+from .api_fields import (
+    bad_request,
+    bool_field,
+    int_field,
+    json_object,
+    known_fields,
+    names_field,
+    resource_id,
+    text_field,
+    time_field,
+    utf8,
+)
 
 #: Most targets one deployment request may name (groups count as one).
 MAX_TARGETS = 10_000
@@ -47,8 +57,6 @@ MAX_NAME_CHARS = 255
 MAX_PER_RELAY = 10_000
 MAX_RETRIES = 100
 MAX_PATH_CHARS = 4096
-#: Epoch seconds beyond this are a typo (year 36812), not a deployment window.
-MAX_EPOCH = 2.0 ** 40
 #: Folders systemd hides from medulla-master (ProtectHome=yes, PrivateTmp=yes).
 HIDDEN_FROM_THE_SERVICE = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")
 FORMATS = ("native", "medulla")
@@ -101,15 +109,15 @@ class DeployRoutes:
         return d
 
     def _add_package(self, request):
-        body = _json_object(request)
-        _known_fields(body, ("path", "replace", "format"))
-        path = _text_field(body, "path", MAX_PATH_CHARS)
+        body = json_object(request)
+        known_fields(body, ("path", "replace", "format"))
+        path = text_field(body, "path", MAX_PATH_CHARS)
         if not os.path.isabs(path) or "\x00" in path:
-            raise _bad_request(f"'path' must be an absolute folder path, got {_echo(path)!r}")
-        replace = _bool_field(body, "replace", False)
+            raise bad_request(f"'path' must be an absolute folder path, got {_echo(path)!r}")
+        replace = bool_field(body, "replace", False)
         kind = body.get("format", "native")
         if kind not in FORMATS:
-            raise _bad_request(f"'format' must be one of {', '.join(FORMATS)}")
+            raise bad_request(f"'format' must be one of {', '.join(FORMATS)}")
         return defer.ensureDeferred(self._adding(request, path, replace, kind))
 
     async def _adding(self, request, path: str, replace: bool, kind: str):
@@ -156,33 +164,30 @@ class DeployRoutes:
         return self._one_deployment(_deployment_id(raw_id))
 
     def _create(self, request):
-        body = _json_object(request)
-        _known_fields(body, ("package", "targets", "start", "end", "max_per_relay",
+        body = json_object(request)
+        known_fields(body, ("package", "targets", "start", "end", "max_per_relay",
                              "retries", "sequence"))
-        package_id = _text_field(body, "package", 128)
+        package_id = text_field(body, "package", 128)
         if not ID_RE.match(package_id):
-            raise _bad_request(f"'package' is not a package id: {_echo(package_id)!r}")
-        targets = body.get("targets")
-        if not isinstance(targets, list) or not targets or len(targets) > MAX_TARGETS or \
-                not all(isinstance(t, str) and 0 < len(t) <= MAX_NAME_CHARS for t in targets):
-            raise _bad_request(f"'targets' must be a list of 1 to {MAX_TARGETS} machine names "
-                               f"or 'group:NAME', each at most {MAX_NAME_CHARS} characters")
+            raise bad_request(f"'package' is not a package id: {_echo(package_id)!r}")
+        targets = names_field(body, "targets", MAX_TARGETS, MAX_NAME_CHARS,
+                              "machine names or 'group:NAME'")
         if any(t == "group:" for t in targets):
-            raise _bad_request("'group:' needs a group name")
-        start, end = _time_field(body, "start"), _time_field(body, "end")
+            raise bad_request("'group:' needs a group name")
+        start, end = time_field(body, "start"), time_field(body, "end")
         if end is not None and start is not None and end <= start:
-            raise _bad_request("'end' must come after 'start'")
+            raise bad_request("'end' must come after 'start'")
         now = self._clock.seconds()
         if (end if end is not None else (now if start is None else start)
                 + coordinator.DEFAULT_WINDOW_SECONDS) <= now:
-            raise _bad_request("the window ends in the past: every target would expire at once")
+            raise bad_request("the window ends in the past: every target would expire at once")
         options = dict(
             start_at=start, end_at=end,
-            max_per_relay=_int_field(body, "max_per_relay", 10, 1, MAX_PER_RELAY),
-            retries=_int_field(body, "retries", 1, 0, MAX_RETRIES),
+            max_per_relay=int_field(body, "max_per_relay", 10, 1, MAX_PER_RELAY),
+            retries=int_field(body, "retries", 1, 0, MAX_RETRIES),
             sequence=body.get("sequence", "install"))
         if not isinstance(options["sequence"], str) or not SEQUENCE_RE.match(options["sequence"]):
-            raise _bad_request("'sequence' must be a sequence name such as 'install'")
+            raise bad_request("'sequence' must be a sequence name such as 'install'")
         return defer.ensureDeferred(self._creating(request, package_id, targets, options))
 
     async def _creating(self, request, package_id: str, targets: list[str], options):
@@ -226,7 +231,7 @@ class DeployRoutes:
 
     def _audit(self, request, raw_id: bytes, raw_machine: bytes):
         return defer.ensureDeferred(self._auditing(_deployment_id(raw_id),
-                                                   _utf8(raw_machine, "machine name")))
+                                                   utf8(raw_machine, "machine name")))
 
     async def _auditing(self, dep_id: str, name: str):
         dep = await self._one_deployment(dep_id)
@@ -297,21 +302,21 @@ def _check_readable(path: str) -> None:
     """Refuse, saying why and what to do, a folder this daemon cannot see or read."""
     try:
         if not stat.S_ISDIR(os.stat(path).st_mode):
-            raise _bad_request(f"{path} is not a folder")
+            raise bad_request(f"{path} is not a folder")
         os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         hidden = [p for p in HIDDEN_FROM_THE_SERVICE if path == p or path.startswith(p + "/")]
         why = (f" — medulla-master cannot see anything under {hidden[0]} (its unit has "
                "ProtectHome=yes and PrivateTmp=yes): copy the package folder elsewhere, "
                "e.g. under /srv") if hidden else ""
-        raise _bad_request(f"no folder {path} on the master{why}") from None
+        raise bad_request(f"no folder {path} on the master{why}") from None
     except PermissionError:
         raise _unreadable(path) from None
 
 
 def _unreadable(path: str) -> ApiError:
     user = _user()
-    return _bad_request(f"medulla-master (user {user}) cannot read {path}: make the package "
+    return bad_request(f"medulla-master (user {user}) cannot read {path}: make the package "
                         f"folder and its files readable by {user}, e.g. chgrp -R {user} FOLDER "
                         f"&& chmod -R g+rX FOLDER (every parent folder must let {user} "
                         "through)")
@@ -353,86 +358,9 @@ def _summary(descriptor) -> dict[str, Any]:
             "size": sum(entry.size for entry in descriptor.files)}
 
 
-# -- request bodies and path segments --------------------------------------------------
-
-def _bad_request(message: str) -> ApiError:
-    return ApiError(400, "bad-request", message)
-
-
-def _json_object(request) -> dict[str, Any]:
-    content = getattr(request, "content", None)
-    raw = content.getvalue() if content is not None else b""
-    if not raw.strip():
-        raise _bad_request("the request body is empty; a JSON object is expected")
-    try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _bad_request("the request body is not UTF-8 JSON") from None
-    if not isinstance(body, dict):
-        raise _bad_request("the request body must be a JSON object")
-    return body
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number")
-
-
-def _known_fields(body: dict, allowed: tuple[str, ...]) -> None:
-    for key in body:
-        if key not in allowed:
-            raise _bad_request(f"unknown field {_echo(key)!r} (known: {', '.join(allowed)})")
-
-
-def _text_field(body: dict, key: str, limit: int) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise _bad_request(f"{key!r} must be a non-empty string of at most {limit} characters")
-    return value
-
-
-def _bool_field(body: dict, key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if not isinstance(value, bool):
-        raise _bad_request(f"{key!r} must be true or false")
-    return value
-
-
-def _int_field(body: dict, key: str, default: int, low: int, high: int) -> int:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad_request(f"{key!r} must be an integer from {low} to {high}")
-    return value
-
-
-def _time_field(body: dict, key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or not 0 <= value <= MAX_EPOCH:
-        raise _bad_request(f"{key!r} must be epoch seconds or null")
-    return float(value)
-
-
-def _utf8(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _bad_request(f"the {what} is not valid UTF-8") from None
-
-
-def _resource_id(raw: bytes, noun: str) -> str:
-    """A package or deployment id from the path (``dep-<hex>`` for deployments today,
-    the same safe alphabet as package ids); anything else names nothing: 404."""
-    text = _utf8(raw, f"{noun} id")
-    if not ID_RE.match(text):
-        raise ApiError(404, "not-found", f"no {noun} {_echo(text)!r}", refusal=False)
-    return text
-
-
 def _package_id(raw: bytes) -> str:
-    return _resource_id(raw, "package")
+    return resource_id(raw, "package")
 
 
 def _deployment_id(raw: bytes) -> str:
-    return _resource_id(raw, "deployment")
+    return resource_id(raw, "deployment")

@@ -70,6 +70,11 @@ SCHEMA = Schema({
                                "'NAME URL', ...; 'master' is this host's medulla-relay"),
         "pass_interval": Key("duration", "1s", min=0.1, max=60,
                              help="how often deployments are scheduled"),
+        "missing_agent_after": Key(
+            "duration", "15m", min=1, max=7 * 24 * 3600,
+            help="a started deployment whose machine stays offline this long ends in ABORT "
+                 "MISSING AGENT (a result the agent sends later still replaces it); keep "
+                 "it above a reboot's length"),
     },
     "assessor": {
         "relays": Key("list", "", help="relays agents may be sent to: 'NAME HOST:PORT', ..."),

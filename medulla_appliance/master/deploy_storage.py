@@ -64,8 +64,26 @@ def set_state(conn, dep_id, uuid, state, now, *, session=None, attempt=False, st
 
 
 def target_by_session(conn, session):
-    row = conn.execute("SELECT deployment_id, uuid, state FROM deployment_targets "
+    row = conn.execute("SELECT deployment_id, uuid, state, session FROM deployment_targets "
                        "WHERE session = ?", (session,)).fetchone()
+    return dict(row) if row else None
+
+
+def target_of_old_session(conn, session):
+    """The target a session of an earlier attempt named (`DEP:UUID:ATTEMPT`, as
+    deployments._start builds it), if that session was ever started (the audit log has
+    it); None for a session nobody was given."""
+    dep_id, _, rest = session.partition(":")
+    uuid, _, attempt = rest.rpartition(":")
+    if not (dep_id and uuid and attempt.isdigit()):
+        return None
+    started = conn.execute(
+        "SELECT 1 FROM deployment_log WHERE deployment_id = ? AND uuid = ? AND session = ? "
+        "LIMIT 1", (dep_id, uuid, session)).fetchone()
+    if started is None:
+        return None
+    row = conn.execute("SELECT deployment_id, uuid, state, session FROM deployment_targets "
+                       "WHERE deployment_id = ? AND uuid = ?", (dep_id, uuid)).fetchone()
     return dict(row) if row else None
 
 
@@ -131,11 +149,70 @@ def running_per_relay(conn):
         "ON m.uuid = t.uuid WHERE t.state = ? GROUP BY m.relay", (scheduler.STARTED,)))
 
 
+# -- saved groups (migration 6: saved_groups; members in machine_groups) ----------------
+
 def group_members(conn, name):
+    """The uuids in group `name`, or None when there is no such group."""
+    if conn.execute("SELECT 1 FROM saved_groups WHERE name = ?", (name,)).fetchone() is None:
+        return None
     return [r[0] for r in conn.execute(
         "SELECT uuid FROM machine_groups WHERE name = ? ORDER BY uuid", (name,))]
 
 
-def set_group(conn, name, uuids):
+def groups(conn):
+    """Every group with how many machines it holds and how many of them are online."""
+    rows = conn.execute(
+        "SELECT g.name, g.created_at, g.updated_at, COUNT(m.uuid) AS machines, "
+        "COALESCE(SUM(m.online), 0) AS online FROM saved_groups g "
+        "LEFT JOIN machine_groups x ON x.name = g.name LEFT JOIN machines m ON m.uuid = x.uuid "
+        "GROUP BY g.name ORDER BY g.name")
+    return [dict(r) for r in rows]
+
+
+def group(conn, name):
+    """Group `name` and its machines (uuid, hostname, jid, online, relay), or None."""
+    row = conn.execute("SELECT name, created_at, updated_at FROM saved_groups WHERE name = ?",
+                       (name,)).fetchone()
+    if row is None:
+        return None
+    machines = conn.execute(
+        "SELECT m.uuid, m.hostname, m.jid, m.online, m.relay FROM machine_groups x "
+        "JOIN machines m ON m.uuid = x.uuid WHERE x.name = ? ORDER BY m.hostname, m.uuid",
+        (name,))
+    return dict(row, machines=[dict(m, online=bool(m["online"])) for m in machines])
+
+
+def create_group(conn, name, uuids, now, replace):
+    """Make group `name` hold exactly `uuids`: "created", "replaced", or "exists" (and
+    nothing changed) when it exists and `replace` is false."""
+    exists = conn.execute("SELECT 1 FROM saved_groups WHERE name = ?", (name,)).fetchone()
+    if exists and not replace:
+        return "exists"
+    if exists:
+        conn.execute("UPDATE saved_groups SET updated_at = ? WHERE name = ?", (now, name))
+    else:
+        conn.execute("INSERT INTO saved_groups VALUES (?, ?, ?)", (name, now, now))
     conn.execute("DELETE FROM machine_groups WHERE name = ?", (name,))
     conn.executemany("INSERT INTO machine_groups VALUES (?, ?)", [(name, u) for u in uuids])
+    return "replaced" if exists else "created"
+
+
+def change_group(conn, name, add, remove, now):
+    """Add `add` and remove `remove` (uuids) from group `name`: (added, removed, size), or
+    None when there is no such group."""
+    if group_members(conn, name) is None:
+        return None
+    added = sum(conn.execute("INSERT OR IGNORE INTO machine_groups VALUES (?, ?)",
+                             (name, u)).rowcount for u in add)
+    removed = sum(conn.execute("DELETE FROM machine_groups WHERE name = ? AND uuid = ?",
+                               (name, u)).rowcount for u in remove)
+    conn.execute("UPDATE saved_groups SET updated_at = ? WHERE name = ?", (now, name))
+    size = conn.execute("SELECT COUNT(*) FROM machine_groups WHERE name = ?",
+                        (name,)).fetchone()[0]
+    return added, removed, size
+
+
+def delete_group(conn, name):
+    """Forget group `name` (not its machines); False when there was none."""
+    conn.execute("DELETE FROM machine_groups WHERE name = ?", (name,))
+    return conn.execute("DELETE FROM saved_groups WHERE name = ?", (name,)).rowcount > 0

@@ -16,6 +16,9 @@ from . import deploy_storage as ds
 from .logic import scheduler
 
 DEFAULT_WINDOW_SECONDS = 24 * 3600
+#: `[deploy] missing_agent_after`: a started target's machine offline this long is
+#: ABORT MISSING AGENT (long enough for a reboot step and the agent's return).
+DEFAULT_MISSING_AGENT_SECONDS = 15 * 60
 MASTER_RELAY = "master"
 
 
@@ -56,7 +59,8 @@ class Deployments:
     log = Logger()
 
     def __init__(self, store, clock, registry, channel, make_token, packages, relay_urls, *,
-                 tick=1.0, rand=os.urandom, in_thread=threads.deferToThread):
+                 tick=1.0, missing_agent_after=DEFAULT_MISSING_AGENT_SECONDS,
+                 rand=os.urandom, in_thread=threads.deferToThread):
         self.store, self.clock, self.registry, self.channel = store, clock, registry, channel
         self.make_token = make_token      # (claims) -> token text
         self.packages = packages          # a packages.store.PackageStore
@@ -66,6 +70,10 @@ class Deployments:
         self._loop = task.LoopingCall(self.run_pass)
         self._loop.clock = clock
         self._tick = tick
+        self.missing_agent_after = missing_agent_after
+        # {deployment id: {uuid: when its started target was first seen offline}}; in
+        # memory only, so a restarted master gives every agent the full delay again.
+        self._offline_since = {}
         self._passing = None
 
     def start(self):
@@ -114,9 +122,13 @@ class Deployments:
         uuids = []
         for name in names:
             if name.startswith("group:"):
-                members = yield self.store.run(ds.group_members, name[len("group:"):])
+                group = name[len("group:"):]
+                members = yield self.store.run(ds.group_members, group)
+                if members is None:
+                    raise DeploymentError("no group named %r (medullactl group list)" % group)
                 if not members:
-                    raise DeploymentError("group %r is empty or unknown" % name[6:])
+                    raise DeploymentError("group %r has no machine (medullactl group add %s "
+                                          "MACHINE...)" % (group, group))
                 uuids.extend(members)
                 continue
             found = yield self.registry.find_machines(name)
@@ -164,8 +176,13 @@ class Deployments:
         now = self.clock.seconds()
         online = self.registry.online_uuids()
         busy = await self.store.run(ds.running_per_relay)
-        for dep in await self.store.run(ds.active, now):
+        active = await self.store.run(ds.active, now)
+        self._offline_since = {d["id"]: self._offline_since.get(d["id"], {}) for d in active}
+        for dep in active:
             rows = await self.store.run(ds.targets, dep["id"])
+            for row in await self._abort_missing(dep["id"], rows, online, now):
+                row["state"] = scheduler.MISSING_AGENT
+                busy[row["relay"]] = busy.get(row["relay"], 1) - 1
             ready = {MASTER_RELAY} | await self.store.run(
                 ds.relays_with, dep["package_id"], dep["descriptor_sha256"])
             window = scheduler.Window(dep["start_at"], dep["end_at"], dep["max_per_relay"],
@@ -179,6 +196,22 @@ class Deployments:
                     busy[by_uuid[d.uuid]["relay"]] = busy.get(by_uuid[d.uuid]["relay"], 0) + 1
                 else:
                     await self.store.run(ds.set_state, dep["id"], d.uuid, d.state, now)
+
+    async def _abort_missing(self, dep_id, rows, online, now):
+        """ABORT MISSING AGENT for started targets whose machine stayed offline too long;
+        returns their rows."""
+        targets = [scheduler.Target(r["uuid"], r["state"], r["attempts"], r["relay"])
+                   for r in rows]
+        missing, self._offline_since[dep_id] = scheduler.missing_agents(
+            now, targets, online, self._offline_since[dep_id], self.missing_agent_after)
+        by_uuid = {r["uuid"]: r for r in rows}
+        for d in missing:
+            row = by_uuid[d.uuid]
+            await self.store.run(ds.set_state, dep_id, d.uuid, d.state, now,
+                                 session=row["session"], step=row["step"], detail=d.detail)
+            self.log.warn("deployment {dep} on {host} ({uuid}): {state}: {detail}", dep=dep_id,
+                          host=row["hostname"], uuid=d.uuid, state=d.state, detail=d.detail)
+        return [by_uuid[d.uuid] for d in missing]
 
     async def _start(self, dep, target, now):
         attempt = target["attempts"] + 1
@@ -204,7 +237,12 @@ class Deployments:
     # -- what agents report ------------------------------------------------------------
 
     async def _own_target(self, sender, envelope):
+        """The target `envelope`'s session belongs to, if `sender` is its machine. A
+        session of an earlier attempt (the deployment was restarted since) still names
+        its target: its reports are kept, they do not change the state."""
         target = await self.store.run(ds.target_by_session, envelope.sessionid)
+        if target is None:
+            target = await self.store.run(ds.target_of_old_session, envelope.sessionid)
         if target is None or self.registry.uuid_for(sender) != target["uuid"]:
             raise Refusal(403, "not-your-deployment",
                           "session %s does not belong to the sender" % envelope.sessionid[:128])
@@ -222,17 +260,31 @@ class Deployments:
         return None
 
     async def on_result(self, sender, envelope):
-        """deploy.result: the final state of a target; acknowledged so the agent forgets it."""
+        """deploy.result: the final state of a target; acknowledged so the agent forgets it.
+
+        The agent's word wins over ABORT MISSING AGENT (which only guessed that it was
+        gone): a result arriving after it replaces it. A result of an earlier attempt, or
+        a second copy of one already recorded, is written to the audit log only."""
         target = await self._own_target(sender, envelope)
         d = envelope.data
-        if target["state"] == scheduler.STARTED:
-            state = scheduler.outcome_state(d.get("state"))
+        state = scheduler.outcome_state(d.get("state"))
+        step, message = str(d.get("step", ""))[:128], str(d.get("message", ""))
+        current = target["session"] == envelope.sessionid
+        now = self.clock.seconds()
+        if current and target["state"] in (scheduler.STARTED, scheduler.MISSING_AGENT):
+            if target["state"] == scheduler.MISSING_AGENT:
+                message = "result after %s: %s" % (scheduler.MISSING_AGENT, message)
             await self.store.run(ds.set_state, target["deployment_id"], target["uuid"], state,
-                                 self.clock.seconds(), step=str(d.get("step", ""))[:128],
-                                 detail=str(d.get("message", "")))
+                                 now, session=envelope.sessionid, step=step, detail=message)
             self.log.info("deployment {dep} on {uuid}: {state}",
                           dep=target["deployment_id"], uuid=target["uuid"], state=state)
             self.clock.callLater(0, self.run_pass)
+        elif not current:
+            await self.store.run(ds.log, target["deployment_id"], target["uuid"], now,
+                                 envelope.sessionid, "late", state, None,
+                                 d.get("ret") if isinstance(d.get("ret"), int) else None,
+                                 "result of an earlier attempt, kept for the record (the "
+                                 "state stays %s): %s" % (target["state"], message))
         return {"recorded": True}
 
     async def on_package_synced(self, sender, envelope):
@@ -263,3 +315,32 @@ class Deployments:
 
     def audit(self, dep_id, uuid):
         return self.store.run(ds.audit, dep_id, uuid)
+
+
+class Groups:
+    """Saved groups of machines, the `group:NAME` targets of a deployment. Names come
+    resolved to uuids (the API does it, refusing unknown and ambiguous ones); each
+    method returns a Deferred of plain data."""
+
+    def __init__(self, store, clock):
+        self.store, self.clock = store, clock
+
+    def list(self):
+        return self.store.run(ds.groups)
+
+    def get(self, name):
+        """The group and its machines, or None."""
+        return self.store.run(ds.group, name)
+
+    def create(self, name, uuids, replace=False):
+        """"created", "replaced" or "exists" (nothing done)."""
+        return self.store.run(ds.create_group, name, list(dict.fromkeys(uuids)),
+                              self.clock.seconds(), replace)
+
+    def change(self, name, add=(), remove=()):
+        """(added, removed, size) or None when there is no such group."""
+        return self.store.run(ds.change_group, name, list(dict.fromkeys(add)),
+                              list(dict.fromkeys(remove)), self.clock.seconds())
+
+    def delete(self, name):
+        return self.store.run(ds.delete_group, name)

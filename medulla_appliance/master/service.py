@@ -14,11 +14,18 @@ from ..core.xmpp.handlers import DiscoInfoHandler, PingHandler
 from ..packages.store import PackageStore
 from ..packages.token import make_token
 from . import api, apitoken, storage
-from .deployments import Deployments, parse_relay_urls
+from .api_bans import BanRoutes
+from .api_groups import GroupRoutes
+from .api_pxe import PXERoutes
+from .api_relays import RelayRoutes
+from .bans import Bans
+from .deployments import Deployments, Groups, parse_relay_urls
 from .logic.admission import Admission
 from .logic.assessor import Assessor
 from .protocol import EnrolmentActions, MasterPresence
+from .pxe_menus import PXEMenus
 from .registry import Registry
+from .relays import Relays, url_feeder
 
 SWEEP_MIN_SECONDS = 0.5
 
@@ -54,11 +61,25 @@ class MasterService(service.MultiService):
             lambda claims: make_token(self.private_key, claims, reactor.seconds()),
             self.packages,
             parse_relay_urls(cfg["deploy"]["relay_urls"]),
-            tick=cfg["deploy"]["pass_interval"])
+            tick=cfg["deploy"]["pass_interval"],
+            missing_agent_after=cfg["deploy"]["missing_agent_after"])
         self.channel.handle("deploy.progress", self.deployments.on_progress)
         self.channel.handle("deploy.result", self.deployments.on_result)
-        self.handle_appliance("package.synced", self.deployments.on_package_synced)
-        self.channel.on_heard = self.registry.heard
+        self.relays = Relays(self.store, reactor, enrolment_key, self.jid,
+                             self.private_key.public_key(), on_package_url=url_feeder(
+                                 self.deployments.relay_urls,
+                                 parse_relay_urls(cfg["deploy"]["relay_urls"])))
+        self.channel.handle("relay.register", self.relays.register)
+        self.handle_appliance("relay.status", self.relays.status)
+        self.handle_appliance("package.synced",
+                              self.relays.own_relay_only(self.deployments.on_package_synced))
+        self.pxe_menus = PXEMenus(self.store, reactor, self.registry, self.relays.origin)
+        self.handle_appliance("pxe.menu", self.pxe_menus.on_menu)
+        self.handle_appliance("pxe.register", self.pxe_menus.on_register)
+        self.bans = Bans(self.store, reactor, self.appliance_origin)
+        self.handle_appliance("guard.ban", self.bans.on_ban)
+        self.handle_appliance("guard.unban", self.bans.on_unban)
+        self.channel.on_heard = self._heard
         self.pinger = PingHandler()
         self.xmpp = XMPPClientService(
             self.jid, password,
@@ -70,8 +91,12 @@ class MasterService(service.MultiService):
                         DiscoInfoHandler(kind="bot", name="medulla-master")):
             self.xmpp.addHandler(handler)
         self.token = apitoken.ensure_token(cfg["api"]["token_file"])
+        route_groups = (GroupRoutes(self.registry, Groups(self.store, reactor)),
+                        RelayRoutes(self.relays), PXERoutes(self.pxe_menus),
+                        BanRoutes(self.bans, reactor))
         site = api.make_api_site(self.registry, self.token, clock=reactor,
-                                 deployments=self.deployments, packages=self.packages)
+                                 deployments=self.deployments, packages=self.packages,
+                                 route_groups=route_groups)
         site.noisy = False
         self.api = strports.service(cfg["api"]["listen"], site, reactor=reactor)
         self.api._raiseSynchronously = True  # a busy port must stop the start, not be logged
@@ -88,20 +113,32 @@ class MasterService(service.MultiService):
         self.appliance_actions.add(action)
         self.channel.handle(action, handler)
 
+    def appliance_origin(self, sender):
+        """Who speaks in an appliance-only envelope from ``sender``: a relays.Origin with
+        ``master_host`` True for this host's daemons (the master's account, another
+        resource), else the enrolled relay's name (``relay-NAME@DOMAIN/...``); None for
+        anyone else."""
+        return self.relays.origin(sender)
+
     def _appliance_key(self, sender):
-        # The daemons on this host log in as the master's own account with another
-        # resource and sign with the master's key.
-        if sender.userhost() == self.jid.userhost() and sender != self.jid:
-            return self.private_key.public_key()
-        return None
+        # This host's daemons sign with the master's key; an enrolled relay's daemons with
+        # the key pinned when it enrolled (relay.register).
+        return self.relays.appliance_key(sender)
+
+    def _heard(self, sender):
+        self.registry.heard(sender)
+        self.relays.heard(sender)
 
     def _trust(self, sender, signed):
+        if signed.envelope.action == "relay.register":
+            return self.relays.register_key(sender, signed)  # trusted through its HMAC
         if signed.envelope.action in self.appliance_actions:
             return self._appliance_key(sender)
         return self.enrolment.trust(sender, signed)
 
     def startService(self):
         d = self.registry.load()
+        d.addCallback(lambda _: self.relays.load())
         d.addCallback(lambda _: self._start_children())
         d.addCallbacks(self._ready.callback, self._ready.errback)
 

@@ -4,6 +4,7 @@ run by `core.store.Store.run` inside one transaction each."""
 import json
 
 from ..core.store import Migration
+from . import ban_storage, pxe_storage
 
 MIGRATIONS = (
     Migration(1, "machines, their identity MACs and their history", (
@@ -86,6 +87,32 @@ MIGRATIONS = (
             name TEXT NOT NULL,
             uuid TEXT NOT NULL REFERENCES machines (uuid) ON DELETE CASCADE,
             PRIMARY KEY (name, uuid))""",
+    )),
+    Migration(3, "relays: their pinned keys, daemons and last status", (
+        # Queries in relay_storage.py; "online" is decided from last_seen when read.
+        """CREATE TABLE relays (
+            name TEXT PRIMARY KEY,
+            jid TEXT NOT NULL,
+            public_key TEXT NOT NULL DEFAULT '',
+            key_fingerprint TEXT NOT NULL DEFAULT '',
+            daemons TEXT NOT NULL DEFAULT '{}',
+            version TEXT NOT NULL DEFAULT '',
+            package_url TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT '{}',
+            status_interval REAL,
+            last_seen REAL,
+            enrolled_at REAL NOT NULL,
+            updated_at REAL NOT NULL)""",
+    )),
+    pxe_storage.MIGRATION,  # 4: PXE boot menus and registrations (queries there)
+    ban_storage.MIGRATION,  # 5: bans reported by medulla-guard (queries there)
+    Migration(6, "saved groups of machines, which may be empty", (
+        # Queries in deploy_storage.py; members stay in machine_groups (migration 2).
+        """CREATE TABLE saved_groups (
+            name TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL)""",
+        "INSERT INTO saved_groups SELECT DISTINCT name, 0, 0 FROM machine_groups",
     )),
 )
 

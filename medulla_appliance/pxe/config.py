@@ -1,8 +1,12 @@
 """The schema of /etc/medulla/pxe.ini (+ pxe.ini.local, pxe.d/*.ini)."""
 
 import ipaddress
+import os
+import re
 
 from ..core.config import ConfigError, Key, Schema
+from ..core.xmpp.link import link_sections
+from .dhcp.proxy import settings_from_config as proxydhcp_settings
 from .tftp.options import MAX_BLKSIZE
 
 DEFAULT_CONFIG = "/etc/medulla/pxe.ini"
@@ -40,17 +44,61 @@ SCHEMA = Schema({
                              "?mac=...&uuid=...&srv=...; {server} is our address as the client\n"
                              "reached it; empty: no generated autoexec.ipxe"),
     },
+    "proxydhcp": {
+        "enabled": Key("bool", False,
+                       help="answer PXE clients of allowed_macs with next-server and boot\n"
+                            "file, beside the site's DHCP server (which still gives the\n"
+                            "addresses); no: the DHCP server's options 66/67 do it"),
+        "interface": Key("str", "",
+                         help="network interface answered on (UDP 67 and 4011), like eth0"),
+        "server_address": Key("str", "",
+                              help="IPv4 address sent as next-server (our TFTP server);\n"
+                                   "empty: the interface's own IPv4 address"),
+        "allowed_macs": Key("mac_list", "",
+                            help="the only machines answered, comma-separated; escaped\n"
+                                 "colons (00\\:1a\\:...) work too; empty: nobody"),
+        "bootfile_bios": Key("str", "undionly.kpxe",
+                             help="boot file for BIOS PXE ROMs (architecture 0);\n"
+                                  "empty: no answer"),
+        "bootfile_efi32": Key("str", "",
+                              help="boot file for 32-bit UEFI (architecture 6)"),
+        "bootfile_efi64": Key("str", "ipxe.efi",
+                              help="boot file for x86-64 UEFI (architectures 7 and 9)"),
+        "bootfile_arm64": Key("str", "",
+                              help="boot file for ARM64 UEFI (architecture 11)"),
+        "ipxe_bootfile": Key("str", "autoexec.ipxe",
+                             help="what a client already running iPXE gets instead (user\n"
+                                  "class iPXE): the script, so iPXE never loads iPXE again"),
+    },
+    "http": {
+        "listen": Key("list", "tcp:80:interface=::",
+                      help="where boot menus are served (GET /medulla/bootmenu, and Medulla's\n"
+                           "/mmc/imaging/bootmenu.php): tcp:PORT[:interface=ADDRESS],\n"
+                           "comma-separated; keep it in step with [tftp] menu_url; empty: off"),
+        "server_name": Key("str", "",
+                           help="this imaging server's name for the master (its default menu);\n"
+                                "empty: from [xmpp] jid (relay-NAME@... gives NAME, the master\n"
+                                "host's account gives 'master')"),
+        "master_timeout": Key("duration", "5s", min=0.1, max=60,
+                              help="wait this long for the master's answer, then serve the last\n"
+                                   "menu it gave (or a built-in one that boots the local disk)"),
+    },
+    **link_sections(password_file="/etc/medulla/relay-xmpp.password",
+                    private_key="/var/lib/medulla/relay/relay.key",
+                    jid_example="master@medulla.local/pxe on the master host,\n"
+                                "relay-lyon@medulla.local/pxe on a relay"),
 })
 
 
-def parse_listen(item: str) -> tuple[int, str]:
-    """``udp:PORT[:interface=ADDRESS]`` -> (port, address); raises ValueError."""
+def parse_listen(item: str, protocol: str = "udp") -> tuple[int, str]:
+    """``udp:PORT[:interface=ADDRESS]`` (or ``tcp:...``) -> (port, address); raises
+    ValueError."""
     kind, _, rest = item.partition(":")
-    if kind != "udp":
-        raise ValueError("expected udp:PORT[:interface=ADDRESS], got %r" % item)
+    if kind != protocol:
+        raise ValueError("expected %s:PORT[:interface=ADDRESS], got %r" % (protocol, item))
     port_text, _, params = rest.partition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError("bad UDP port in %r" % item)
+        raise ValueError("bad %s port in %r" % (protocol.upper(), item))
     interface = "::"
     if params:
         name, sep, value = params.partition("=")
@@ -75,3 +123,43 @@ def listen_addresses(cfg) -> list[tuple[int, str]]:
     except ValueError as exc:
         file, line = cfg.origin("tftp", "listen")
         raise ConfigError(file, line, "tftp", "listen", str(exc)) from None
+
+
+_SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def http_addresses(cfg) -> list[tuple[int, str]]:
+    """The (port, address) pairs of ``[http] listen`` (none: HTTP is off); raises
+    ConfigError naming the line."""
+    try:
+        return [parse_listen(item, "tcp") for item in cfg["http"]["listen"]]
+    except ValueError as exc:
+        file, line = cfg.origin("http", "listen")
+        raise ConfigError(file, line, "http", "listen", str(exc)) from None
+
+
+def server_name(cfg) -> str:
+    """This imaging server's name: ``[http] server_name``, else NAME of ``relay-NAME@``,
+    else ``master`` (the master host's daemons use the master's own account)."""
+    name = cfg["http"]["server_name"]
+    if not name:
+        local = cfg["xmpp"]["jid"].partition("@")[0]
+        name = local[len("relay-"):] if local.startswith("relay-") else "master"
+    if not _SERVER_NAME_RE.fullmatch(name):
+        file, line = cfg.origin("http", "server_name")
+        raise ConfigError(file, line, "http", "server_name",
+                          "%r: letters, digits, '.', '_' and '-'" % name)
+    return name
+
+
+def check(cfg) -> None:
+    """What the schema cannot check alone; ConfigError (exit 78) on the first problem."""
+    listen_addresses(cfg)
+    http_addresses(cfg)
+    server_name(cfg)
+    if cfg["proxydhcp"]["enabled"]:
+        proxydhcp_settings(cfg)
+    root = cfg["tftp"]["root"]
+    if not os.path.isdir(root):
+        file, line = cfg.origin("tftp", "root")
+        raise ConfigError(file, line, "tftp", "root", "%s is not a folder" % root)

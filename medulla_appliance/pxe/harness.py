@@ -66,7 +66,9 @@ class PXEDaemon:
         values.update(tftp)
         body = "".join("%s = %s\n" % (k, "yes" if v is True else "no" if v is False else v)
                        for k, v in values.items())
-        self.config.write_text("[global]\nlog_level = %s\n[tftp]\n%s" % (self.log_level, body))
+        # Boot menus off: TFTP tests must not need (or fight over) TCP port 80.
+        self.config.write_text("[global]\nlog_level = %s\n[tftp]\n%s[http]\nlisten =\n"
+                               % (self.log_level, body))
 
     def start(self):
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ from twisted.logger import Logger
 
 from ..core.config import ConfigError
 from .autoexec import AutoexecScript
-from .config import listen_addresses
+from .config import http_addresses, listen_addresses
+from .dhcp.udp import ProxyDHCPService
+from .http_service import HTTPMenuService, build_link
 from .tftp.backend import Generators, SafeRoot
 from .tftp.options import OptionLimits
 from .tftp.protocol import TFTPServer
@@ -91,17 +93,39 @@ class PXEService(service.MultiService):
         self.reactor = reactor
         self.tftp = TFTPService(cfg, reactor)
         self.tftp.setServiceParent(self)
+        self.proxydhcp = None
+        if cfg["proxydhcp"]["enabled"]:
+            self.proxydhcp = ProxyDHCPService(cfg, reactor)
+            self.proxydhcp.setServiceParent(self)
+        self.link = build_link(cfg, reactor)
+        if self.link is not None:
+            self.link.setServiceParent(self)
+        self.http = None
+        if http_addresses(cfg):
+            self.http = HTTPMenuService(cfg, reactor, self.link)
+            self.http.setServiceParent(self)
 
     def when_ready(self):
         return defer.succeed(None)
 
     def status_line(self) -> str:
-        return self.tftp.status_line()
+        line = self.tftp.status_line()
+        if self.http is not None:
+            line += "; " + self.http.status_line()
+        if self.proxydhcp is not None:
+            line += "; " + self.proxydhcp.status_line()
+        if self.link is not None:
+            line += "; XMPP " + ("connected" if self.link.connected else "not connected")
+        return line
 
     def reload(self, cfg):
         """SIGHUP: limits, timeouts, verbosity, root and menu URL; addresses need a restart."""
         try:
             self.tftp.reload(cfg)
+            if self.http is not None:
+                self.http.reload(cfg)
+            if self.proxydhcp is not None:
+                self.proxydhcp.reload(cfg)
         except ConfigError as exc:
             self.log.error("reload refused, keeping the running configuration: {error}",
                            error=exc)

@@ -1,8 +1,20 @@
 """The schema of /etc/medulla/relay.ini (+ relay.ini.local, relay.d/*.ini)."""
 
+from dataclasses import replace
+
 from ..core.config import Key, Schema
+from ..core.xmpp.link import link_sections
 
 DEFAULT_CONFIG = "/etc/medulla/relay.ini"
+
+_LINK = link_sections(password_file="/etc/medulla/relay-xmpp.password",
+                      private_key="/var/lib/medulla/relay/relay.key",
+                      jid_example="relay-lyon@medulla.local/relay")
+# Download tokens are checked with the master's key: needed with or without a link.
+_LINK["keys"]["master_public_key"] = replace(
+    _LINK["keys"]["master_public_key"], default=None, required=True,
+    help="the master's public key (ed25519:...); download tokens, and the\n"
+         "master's answers, must be signed by it")
 
 RELAY_SCHEMA = Schema({
     "global": {
@@ -33,11 +45,16 @@ RELAY_SCHEMA = Schema({
         "max_downloads_per_client": Key("int", 8, min=1, max=10000,
                                         help="downloads one client address may run at once"),
     },
-    "keys": {
-        "master_public_key": Key("str", required=True,
-                                 help="the master's public key (ed25519:...); download\n"
-                                      "tokens must be signed by it"),
+    "status": {
+        "interval": Key("duration", "60s", min=5, max=86400,
+                        help="with [xmpp] jid set: send relay.status (load, packages\n"
+                             "complete) to the master this often"),
+        "package_url": Key("str", "",
+                           help="URL agents download this relay's packages from, told to\n"
+                                "the master (http(s)://HOST:9990); empty: the master's\n"
+                                "[deploy] relay_urls must name this relay"),
     },
+    **_LINK,
 })
 SCHEMA = RELAY_SCHEMA
 

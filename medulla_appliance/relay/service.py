@@ -1,4 +1,5 @@
-"""medulla-relay's service tree (package role): the package store and its HTTP listener."""
+"""medulla-relay's service tree (package role): the package store and its HTTP listener,
+and, when ``[xmpp] jid`` is set, the link that enrols the relay and sends relay.status."""
 
 import os
 
@@ -7,10 +8,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..core import keys
+from ..core.xmpp.link import ApplianceLink
 from . import web
 from .config import listen_endpoint
 from .limits import DownloadSlots
 from .packages import PackageStore
+from .status import StatusReporter, packages_complete
 
 
 class RelayService(service.MultiService):
@@ -34,6 +37,24 @@ class RelayService(service.MultiService):
         self.http = strports.service(self.listen, self.site, reactor=reactor)
         self.http._raiseSynchronously = True  # a busy port must stop the start, not be logged
         self.http.setServiceParent(self)
+        self.link = self.reporter = None
+        if cfg["xmpp"]["jid"]:
+            self._build_link(cfg, reactor)
+
+    def _build_link(self, cfg, reactor):
+        url = cfg["status"]["package_url"]
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("[status] package_url: expected http(s)://HOST:PORT, got %r" % url)
+        self.link = ApplianceLink(cfg, reactor, name="medulla-relay")
+        self.reporter = StatusReporter(self.link, reactor, cfg["status"]["interval"],
+                                       self._status)
+        self.link.setServiceParent(self)
+
+    def _status(self):
+        return {"load": {"active_downloads": self.slots.active, "clients": self.slots.clients,
+                         "files_served": self.resource.served},
+                "packages_complete": packages_complete(self.store.root),
+                "package_url": self.cfg["status"]["package_url"]}
 
     def startService(self):
         if not os.path.isdir(self.store.root):
@@ -45,8 +66,11 @@ class RelayService(service.MultiService):
         return defer.succeed(None)  # listening: strports raised otherwise
 
     def status_line(self):
-        return "%d downloads running for %d clients; %d served; packages in %s" % (
+        line = "%d downloads running for %d clients; %d served; packages in %s" % (
             self.slots.active, self.slots.clients, self.resource.served, self.store.root)
+        if self.link is not None:
+            line += "; master link " + ("up" if self.link.connected else "down")
+        return line
 
     def reload(self, cfg):
         """SIGHUP: download limits, idle timeout, sendfile and the master's public key."""
@@ -60,8 +84,10 @@ class RelayService(service.MultiService):
         except keys.PublicKeyError as exc:
             self.log.error("[keys] master_public_key: {error}; keeping the previous key",
                            error=exc)
+        if self.reporter is not None:
+            self.reporter.interval = cfg["status"]["interval"]  # from the next session
         for section, key in (("http", "listen"), ("http", "certificate"),
-                             ("http", "private_key"), ("packages", "root")):
+                             ("http", "private_key"), ("packages", "root"), ("xmpp", "jid")):
             if cfg[section][key] != self.cfg[section][key]:
                 self.log.warn("[{section}] {key} changed: restart medulla-relay to apply it",
                               section=section, key=key)

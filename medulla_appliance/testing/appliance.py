@@ -143,6 +143,28 @@ class Appliance:
                 time.sleep(0.1)
         raise RuntimeError("medulla-relay not listening after %ss" % timeout)
 
+    def start_pxe(self, tftp_root, *, tftp_port, http_port, log_level="INFO"):
+        """medulla-pxe of the master host: TFTP and boot menus on 127.0.0.1, logged in as
+        the master's own account (resource ``pxe``) and signing with the master's key."""
+        config = self.workdir / "pxe.ini"
+        config.write_text(render_ini({
+            "global": {"log_level": log_level},
+            "tftp": {"listen": "udp:%d:interface=127.0.0.1" % tftp_port, "root": tftp_root,
+                     "menu_url": "http://{server}:%d/medulla/bootmenu" % http_port},
+            "http": {"listen": "tcp:%d:interface=127.0.0.1" % http_port},
+            **self.pxe_link_sections()}))
+        return self._spawn("pxe", ["medulla_appliance.pxe"], config)
+
+    def pxe_link_sections(self, server="127.0.0.1"):
+        """medulla-pxe's ``[xmpp]`` and ``[keys]``: the master's own account (resource
+        ``pxe``) on the XMPP server at ``server``, signing with the master's key."""
+        return {"xmpp": {"jid": "master@%s/pxe" % self.domain,
+                         "password_file": self.workdir / "master-xmpp.password",
+                         "server": server, "port": self.server.c2s_port,
+                         "ca_file": self.server.ca.cert_path,
+                         "master_jid": "master@%s/master" % self.domain},
+                "keys": {"private_key": self.state / "master.key"}}
+
     def ctl(self, *argv):
         """Run medullactl against this master; returns the CompletedProcess."""
         return subprocess.run([sys.executable, "-m", "medulla_appliance.ctl", *argv],

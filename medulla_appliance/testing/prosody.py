@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medulla_appliance.testing.ports import LOOPBACK
 from medulla_appliance.testing.xmppserver import XMPPServer
 
 # Big enough for inventory envelopes; prosody's default is 256 KiB.
@@ -23,7 +24,7 @@ log = {{ {{ levels = {{ min = {level} }}, to = "file", filename = {log_path} }} 
 network_backend = "epoll"
 network_settings = {{ tcp_backlog = {backlog} }}
 
-interfaces = {{ "127.0.0.1" }}
+interfaces = {{ {interfaces} }}
 local_interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
 -- Every other listener off, so that nothing binds 5222/5269/5280 of the host.
@@ -71,6 +72,12 @@ class ProsodyServer(XMPPServer):
     # the whole start timeout.
     fatal_log_lines = ("Failed to open server port",)
 
+    def __init__(self, *args, interfaces=(LOOPBACK,), **options) -> None:
+        super().__init__(*args, **options)
+        # Where prosody listens: loopback, plus an address a test's network namespace
+        # reaches this host by (testing.netboot's uplink). The probes use loopback.
+        self.interfaces = tuple(interfaces)
+
     @property
     def config_path(self) -> Path:
         return self.root / "prosody.cfg.lua"
@@ -84,6 +91,7 @@ class ProsodyServer(XMPPServer):
             log_path=lua_string(self.log_path),
             backlog=TCP_BACKLOG,
             port=self.c2s_port,
+            interfaces=", ".join(lua_string(a) for a in self.interfaces),
             modules=", ".join(lua_string(name) for name in MODULES),
             stanza_limit=STANZA_SIZE_LIMIT,
             domain=lua_string(self.domain),

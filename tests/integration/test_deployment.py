@@ -192,3 +192,31 @@ def test_a_master_restart_during_the_run_loses_no_result(site):
     final = wait_states(site, dep, all_final, timeout=60)
     assert {t["state"] for t in final.values()} == {"DEPLOYMENT SUCCESS"}
     assert os.path.exists(site.master_log)
+
+
+def test_a_saved_group_is_built_with_medullactl_and_deployed_to(site):
+    make_package(site, "grouped", [{"type": "script", "label": "run", "body": "echo grouped"}])
+    created = site.ctl("--json", "group", "create", "lab", "ws-00010", "ws-00011")
+    assert created.returncode == 0, created.stderr
+    assert sorted(m["hostname"] for m in json.loads(created.stdout)["machines"]) == [
+        "ws-00010", "ws-00011"]
+    assert site.ctl("group", "add", "lab", "ws-00012").returncode == 0
+    assert site.ctl("group", "remove", "lab", "ws-00010").returncode == 0
+    listed = site.ctl("group", "list").stdout
+    assert "lab" in listed and "1 group" in listed
+    # an unknown machine and an unknown group: clear refusals, nothing changes
+    unknown = site.ctl("group", "add", "lab", "ws-99999")
+    assert unknown.returncode == 1 and "no machine named 'ws-99999'" in unknown.stderr
+    refused = site.ctl("deploy", "grouped", "group:nope")
+    assert refused.returncode == 1 and "no group named 'nope'" in refused.stderr
+    assert site.ctl("group", "create", "empty").returncode == 0
+    refused = site.ctl("deploy", "grouped", "group:empty")
+    assert refused.returncode == 1 and "group 'empty' has no machine" in refused.stderr
+    dep = deploy(site, "grouped", "group:lab")
+    final = wait_states(site, dep, all_final)
+    assert sorted(final) == ["ws-00011", "ws-00012"]
+    assert {t["state"] for t in final.values()} == {"DEPLOYMENT SUCCESS"}
+    shown = site.ctl("group", "show", "lab").stdout
+    assert "ws-00011" in shown and "ws-00010" not in shown
+    assert site.ctl("group", "delete", "lab").returncode == 0
+    assert site.ctl("group", "show", "lab").returncode == 1

@@ -178,3 +178,29 @@ def test_bad_jail_file_stops_the_daemon_with_exit_78(guard_factory):
     with pytest.raises(AssertionError, match="maxretry"):
         guard.start()
     assert guard.process.returncode == 78
+
+
+def test_sighup_adds_a_jail_and_a_bad_rules_folder_is_refused(guard_factory, tmp_path):
+    log = tmp_path / "auth.log"
+    log.write_text("")
+    other = tmp_path / "elsewhere" / "auth.log"
+    other.parent.mkdir()
+    other.write_text("")
+    guard = guard_factory({"sshd": "[jail]\nsources = file:%s\n" % log})
+    guard.start()
+    jails = guard.root / "rules" / "jails"
+    (jails / "sshd2.ini").write_text("[jail]\nfilter = sshd\nsources = file:%s\n" % other)
+    guard.process.send_signal(1)  # SIGHUP
+    guard.wait_for(lambda: [j["name"] for j in guard.call("status")["jails"]] ==
+                   ["sshd", "sshd2"])
+    append(other, FAIL % "198.51.100.30" * 5)
+    assert guard.wait_for(lambda: "198.51.100.30" in guard.bans())
+    # A broken jail file: the reload is refused and both jails go on.
+    (jails / "sshd3.ini").write_text("[jail]\nsources = file:%s\nfindtime = soon\n" % log)
+    guard.process.send_signal(1)
+    guard.wait_for(lambda: "reload refused" in guard.log.read_text())
+    assert guard.process.poll() is None
+    assert [j["name"] for j in guard.call("status")["jails"]] == ["sshd", "sshd2"]
+    append(log, FAIL % "198.51.100.31" * 5)
+    assert guard.wait_for(lambda: "198.51.100.31" in guard.bans())
+    assert "198.51.100.30" in guard.bans()

@@ -1,6 +1,6 @@
 """package.synced over a real XMPP server (prosody): a relay's medulla-syncthing, driving a
-real Syncthing, tells the master which packages are complete, in envelopes signed with
-the relay's key."""
+real Syncthing, enrols with a real medulla-master (relay.register) and tells it which
+packages are complete, in envelopes signed with the relay's key."""
 
 import hashlib
 import json
@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from medulla_appliance.core import envelope, keys
+from medulla_appliance.core import keys
+from medulla_appliance.testing.appliance import Appliance
 from medulla_appliance.testing.syncthing import SyncthingInstance
 
 pytestmark = pytest.mark.integration
@@ -23,7 +25,7 @@ def test_a_relay_tells_the_master_over_xmpp(prosody_server, tmp_path):
     relay_jid = server.jid("relay-lyon") + "/syncthing"
     master_jid = server.jid("master") + "/master"
     server.register("relay-lyon", "relay-pw-1")
-    server.register("master", "master-pw-1")
+    app = Appliance(tmp_path / "app", server)
     password = tmp_path / "relay.password"
     password.write_text("relay-pw-1\n")
     password.chmod(0o600)
@@ -59,47 +61,35 @@ ca_file = {server.ca.cert_path}
 master_jid = {master_jid}
 [keys]
 private_key = {key_path}
+master_public_key = {app.master_public_key}
+enrolment_key_file = {app.workdir / "enrolment.key"}
 """)
-    bodies = tmp_path / "bodies.json"
-    bodies.write_text("[]")
-    master = subprocess.Popen(
-        [sys.executable, "-m", "medulla_appliance.testing.rawclient", "--jid", master_jid,
-         "--password", "master-pw-1", "--port", str(server.c2s_port), "--ca",
-         str(server.ca.cert_path), "--to", relay_jid, "--bodies", str(bodies), "--wait", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     relay = None
+    told = []
     try:
-        assert json.loads(master.stdout.readline()) == {"event": "connected"}
+        app.start_master()
         with open(tmp_path / "daemon.log", "wb") as log:
             relay = subprocess.Popen([sys.executable, "-m", "medulla_appliance.syncthing",
                                       "--config", str(ini)], stdout=log,
                                      stderr=subprocess.STDOUT)
-        out, _ = master.communicate(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not told:
+            relays = app.api("/api/v1/relays")["relays"]
+            if any(r["name"] == "lyon" for r in relays):
+                told = app.api("/api/v1/relays/lyon")["packages"]
+            time.sleep(0.2)
+        lyon = app.api("/api/v1/relays/lyon")
     finally:
         if relay is not None:
             relay.send_signal(signal.SIGTERM)
             relay.wait(20)
-        if master.poll() is None:
-            master.kill()
-            master.wait(10)
+        app.stop_master()
         syncthing.stop()
-    received = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # The master verified them with the key it pinned when the relay enrolled.
     relay_key = keys.load_or_create_private_key(key_path).public_key()
-    datas = []
-    for message in received:
-        assert message["from"] == relay_jid
-        signed = envelope.decode(message["body"])
-        envelope.verify(signed, relay_key, relay_jid, master_jid)  # raises if forged
-        assert signed.envelope.action == "package.synced"
-        datas.append(signed.envelope.data)
-    told = {}
-    for data in datas:
-        assert data["relay"] == "lyon"
-        if data["snapshot"]:
-            told = {}
-        told.update({e["package_id"]: e["descriptor_sha256"] for e in data["complete"]})
-        for gone in data["gone"]:
-            told.pop(gone["package_id"], None)
-    assert told == {"hello": hashlib.sha256(raw).hexdigest()}, (
-        datas, (tmp_path / "daemon.log").read_text()[-3000:])
+    assert lyon["key_fingerprint"] == keys.fingerprint(relay_key)
+    assert lyon["daemons"]["medulla-syncthing"]["resource"] == "syncthing"
+    assert [(p["package_id"], p["descriptor_sha256"]) for p in told] == [
+        ("hello", hashlib.sha256(raw).hexdigest())], (
+        told, (tmp_path / "daemon.log").read_text()[-3000:])
     assert os.path.exists(root / ".complete" / "hello")

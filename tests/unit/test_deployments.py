@@ -155,17 +155,21 @@ def test_package_synced_with_bad_data_is_refused(coordinator):
             data={"relay": "x", "complete": [{"package_id": 1}]})))
 
 
-def test_only_the_masters_own_account_and_key_may_report_relay_packages():
-    from medulla_appliance.core import keys
+def test_appliance_actions_verify_with_appliance_keys_and_the_rest_with_enrolment():
+    # Which appliance account holds which key is Relays' business (test_relays.py); here:
+    # package.synced never falls back to an agent's pinned key, and agents' actions never
+    # to an appliance key.
     from medulla_appliance.master.service import MasterService
-    key = keys.generate_private_key()
-    fake = SimpleNamespace(jid=JID("master@d.test/master"), private_key=key,
+    fake = SimpleNamespace(appliance_actions={"package.synced"},
+                           _appliance_key=lambda sender: "appliance:" + sender.full(),
+                           relays=SimpleNamespace(register_key=lambda s, e: "carried"),
                            enrolment=SimpleNamespace(trust=lambda s, e: "enrolment"))
-    synced = SimpleNamespace(envelope=SimpleNamespace(action="package.synced"))
     trust = MasterService._trust
-    mine = trust(fake, JID("master@d.test/syncthing"), synced)
-    assert keys.public_key_text(mine) == keys.public_key_text(key)
-    assert trust(fake, JID("pc-a.abc@d.test/res"), synced) is None     # an agent
-    assert trust(fake, JID("master@d.test/master"), synced) is None    # not ourselves
-    other = SimpleNamespace(envelope=SimpleNamespace(action="deploy.result"))
-    assert trust(fake, JID("pc-a.abc@d.test/res"), other) == "enrolment"
+
+    def signed(action):
+        return SimpleNamespace(envelope=SimpleNamespace(action=action))
+
+    syncthing = JID("master@d.test/syncthing")
+    assert trust(fake, syncthing, signed("package.synced")) == "appliance:" + syncthing.full()
+    assert trust(fake, JID("relay-a@d.test/relay"), signed("relay.register")) == "carried"
+    assert trust(fake, JID("pc-a.abc@d.test/res"), signed("deploy.result")) == "enrolment"

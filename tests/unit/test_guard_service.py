@@ -221,15 +221,3 @@ def test_the_masters_relays_and_xmpp_server_join_the_allowlist(env, tmp_path):
         fail(log, reactor, address, 6)
     assert backend.elements == {}
 
-
-def test_reload_changes_the_allowlist_and_max_bans(env, tmp_path):
-    cfg, log = env
-    svc, reactor, backend = make(cfg, log)
-    ini = tmp_path / "guard.ini"
-    ini.write_text(ini.read_text().replace("allowlist = 192.0.2.200/29",
-                                           "allowlist = 198.51.100.0/24\nmax_bans = 7"))
-    svc.reload(core_config.load(str(ini), SCHEMA))
-    fail(log, reactor, "198.51.100.7", 10)
-    assert backend.elements == {} and svc.book.max_bans == 7
-    assert "198.51.100.7" in svc.runners[0].logic.allowlist
-    assert "1 jails, 0 bans in force, 10 failures seen" == svc.status_line()

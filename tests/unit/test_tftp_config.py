@@ -64,4 +64,5 @@ def test_reload_applies_limits_and_verbosity(tmp_path):
     server = svc.tftp.server
     assert server.verbose and server.limits.max_per_client == 3
     assert len(server.backend.generators) == 0
-    assert svc.status_line() == "TFTP: 0 transfers running, 0 served, 0 refused"
+    assert svc.status_line() == ("TFTP: 0 transfers running, 0 served, 0 refused; "
+                                 "HTTP: 0 scripts served, 0 refused")

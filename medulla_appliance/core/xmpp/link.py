@@ -4,7 +4,9 @@ master: one account, envelopes signed with this host's key, answers matched by s
 On the master host such a daemon logs in as the master's own account with a resource of
 its own (``master@DOMAIN/pxe``) and signs with the master's key. On a relay host it logs
 in as ``relay-NAME@DOMAIN/<daemon>`` and signs with the relay's key, which the master
-pins when the relay enrols (``relay.register``).
+pins when the relay enrols: at each session start the link first sends
+``relay.register`` (:mod:`.relay_enrolment`), and only once the master accepted it is the
+link ``connected`` and are the ``on_session`` callbacks told.
 
 Each daemon's schema takes its ``[xmpp]`` and ``[keys]`` sections from
 :func:`link_sections`; :class:`ApplianceLink` is built from them::
@@ -25,37 +27,20 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from wokkel.subprotocols import XMPPHandler
 
+from ... import __version__
 from .. import keys
 from ..config import Key
 from .auth import tls_options
 from .channel import EnvelopeChannel
 from .client import XMPPClientService
 from .handlers import DiscoInfoHandler, PingHandler
+from .link_errors import LinkDown, LinkError, LinkRefused, LinkTimeout
+from .relay_enrolment import RelayEnrolment, registration, relay_name
+
+__all__ = ["ApplianceLink", "LinkDown", "LinkError", "LinkRefused", "LinkTimeout",
+           "link_sections", "master_trust"]
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
-
-
-class LinkError(Exception):
-    """A request that did not get a positive answer."""
-
-
-class LinkDown(LinkError):
-    """No XMPP session to the master right now."""
-
-
-class LinkTimeout(LinkError):
-    """The master did not answer in time."""
-
-
-class LinkRefused(LinkError):
-    """The master answered with a non-zero ``ret``; ``code``, ``error`` and ``data`` say
-    why."""
-
-    def __init__(self, code, data):
-        self.code, self.data = code, data
-        self.error = data.get("error", "") if isinstance(data, dict) else ""
-        message = data.get("message", "") if isinstance(data, dict) else ""
-        super().__init__(f"{code} {self.error}: {message}".rstrip(": "))
 
 
 def link_sections(*, password_file: str, private_key: str, jid_example: str) -> dict:
@@ -86,6 +71,11 @@ def link_sections(*, password_file: str, private_key: str, jid_example: str) -> 
                                      help="the master's public key (ed25519:...): its\n"
                                           "envelopes verify with it; empty: only when this\n"
                                           "daemon uses the master's own account and key"),
+            "enrolment_key_file": Key("secret_file", None,
+                                      help="file (mode 0600) holding the installation's\n"
+                                           "32-character enrolment key: a relay host's\n"
+                                           "daemons enrol with it (relay.register); not\n"
+                                           "needed with the master's own account"),
         },
     }
 
@@ -190,6 +180,7 @@ class ApplianceLink(service.MultiService):
                                        master_trust(self.master_jid, self._master_key(cfg)))
         self.requests = Requests(self.channel, reactor)
         self.online = False
+        self.enrolment = self._relay_enrolment(cfg, reactor)
         self._watchers: list[tuple] = []
         self.xmpp = XMPPClientService(
             self.jid, cfg.read_secret("xmpp", "password_file"),
@@ -200,6 +191,22 @@ class ApplianceLink(service.MultiService):
                         PingHandler(), DiscoInfoHandler(kind="bot", name=name)):
             self.xmpp.addHandler(handler)
         self.xmpp.setServiceParent(self)
+
+    def _relay_enrolment(self, cfg, reactor):
+        """None with the master's own account; else the relay's enrolment (ValueError or
+        ConfigError when the JID or the enrolment key does not allow one)."""
+        if self.jid.userhost().lower() == self.master_jid.userhost().lower():
+            return None
+        name = relay_name(self.jid)
+        for key, what in (("enrolment_key_file", "the file holding the enrolment key"),
+                          ("master_public_key", "the master's answer is read with it")):
+            if not cfg["keys"][key]:
+                raise ValueError(f"[keys] {key}: needed to enrol relay {name} ({what})")
+        data = registration(name, self.name, __version__, self.private_key,
+                            cfg.read_secret("keys", "enrolment_key_file"))
+        return RelayEnrolment(
+            reactor, lambda action, data, timeout: self.requests.request(
+                self.master_jid, action, data, timeout), data, lambda _answer: self._ready())
 
     def _master_key(self, cfg):
         configured = cfg["keys"]["master_public_key"]
@@ -237,15 +244,24 @@ class ApplianceLink(service.MultiService):
         return self.requests.request(self.master_jid, action, data, timeout)
 
     def _up(self):
+        if self.enrolment is None:
+            self._ready()
+        else:
+            self.enrolment.start()  # _ready() once the master accepted relay.register
+
+    def _ready(self):
         self.online = True
         for up, _ in self._watchers:
             _call(up, "session up")
 
     def _down(self):
-        self.online = False
+        was_online, self.online = self.online, False
+        if self.enrolment is not None:
+            self.enrolment.stop()
         self.requests.fail_all("the XMPP session was lost")
-        for _, down in self._watchers:
-            _call(down, "session down")
+        if was_online:  # callbacks come in pairs: no down without its up
+            for _, down in self._watchers:
+                _call(down, "session down")
 
 
 def _call(fn, what):

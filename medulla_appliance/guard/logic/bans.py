@@ -22,6 +22,7 @@ class Ban:
     until: float
     offence: int = 1
     failures: int = 0
+    manual: bool = False  # by the admin (medullactl guard ban), not by a jail
 
     def remaining(self, now):
         return max(0.0, self.until - now)
@@ -34,10 +35,15 @@ class Ban:
 
 
 class BanBook:
-    """Current bans and the offence history, bounded by ``max_bans``."""
+    """Current bans and the offence history, bounded by ``max_bans``.
 
-    def __init__(self, max_bans):
+    ``on_expired(ban)`` is told of each ban that ran out (the master hears of it); a ban
+    lifted by ``remove()`` or replaced by ``add()`` is the caller's to report.
+    """
+
+    def __init__(self, max_bans, on_expired=lambda ban: None):
         self.max_bans = max_bans
+        self.on_expired = on_expired
         self._bans = {}
         self._history = {}  # address -> [offences, time of the last ban]
         self.refused_full = 0
@@ -51,6 +57,7 @@ class BanBook:
         ban = self._bans.get(address)
         if ban is not None and ban.until <= now:
             del self._bans[address]
+            self.on_expired(ban)
             return None
         return ban
 
@@ -61,13 +68,13 @@ class BanBook:
             return None
         return tuple(item)
 
-    def add(self, address, jail, seconds, now, *, offence=1, failures=0):
+    def add(self, address, jail, seconds, now, *, offence=1, failures=0, manual=False):
         """Record a ban; raises BanRefused when the book is full."""
         self.expire(now)
         if address not in self._bans and len(self._bans) >= self.max_bans:
             self.refused_full += 1
             raise BanRefused("%d addresses are banned already (max_bans)" % len(self._bans))
-        ban = Ban(address, jail, now, now + seconds, offence, failures)
+        ban = Ban(address, jail, now, now + seconds, offence, failures, manual)
         self._bans[address] = ban
         self._history[address] = [offence, now]
         if len(self._history) > MAX_HISTORY:
@@ -91,7 +98,7 @@ class BanBook:
 
     def expire(self, now):
         for address in [a for a, b in self._bans.items() if b.until <= now]:
-            del self._bans[address]
+            self.on_expired(self._bans.pop(address))
 
     def _forget_oldest(self):
         oldest = sorted(self._history.items(), key=lambda item: item[1][1])

@@ -49,11 +49,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Decision:
-    """`uuid` goes to `state`; `start` says whether to send deploy.start now."""
+    """`uuid` goes to `state`; `start` says whether to send deploy.start now; `detail`
+    is the reason written to the audit log."""
 
     uuid: str
     state: str
     start: bool = False
+    detail: str = ""
 
 
 def running_per_relay(targets):
@@ -95,6 +97,31 @@ def decide(now, window, targets, online, ready_relays, busy=None):
         if new != target.state:
             changes.append(Decision(target.uuid, new))
     return changes
+
+
+def missing_agents(now, targets, online, offline_since, after):
+    """Started targets whose agent is gone: `(decisions, offline_since)`.
+
+    A started target whose machine has been offline (no XMPP session) for `after`
+    seconds without a break becomes MISSING_AGENT. `offline_since` maps the uuids of
+    started targets seen offline to when that was first seen; the returned map is the
+    one to pass next time (machines back online, and targets no longer started, are
+    dropped). An online agent is never declared missing: it is running a step, whose own
+    timeout ends it, or downloading, whose requests time out, or waiting for an earlier
+    deployment to finish — all of which end in a result.
+    """
+    decisions, still = [], {}
+    for target in targets:
+        if target.state != STARTED or target.uuid in online:
+            continue
+        since = offline_since.get(target.uuid, now)
+        if now - since >= after:
+            decisions.append(Decision(target.uuid, MISSING_AGENT, detail=(
+                "the agent has been offline for %ds since the deployment started; a result "
+                "it sends later still replaces this state" % round(now - since))))
+        else:
+            still[target.uuid] = since
+    return decisions, still
 
 
 def outcome_state(result):
