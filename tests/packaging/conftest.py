@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,20 @@ def built(work_dir):
             return found
     out = work_dir / "debs"
     return debs_mod.wait(debs_mod.build(out), out)
+
+
+@pytest.fixture(scope="module")
+def netns():
+    """A network namespace of our own: a loopback, and a veth pair whose two ends stay
+    inside it (a workstation's agent wants a network card with a MAC address). The daemons'
+    ports and packets touch nothing of the host's."""
+    name = f"medulla-pkgtest-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (["ip", "link", "set", "lo", "up"],
+                        ["ip", "link", "add", "wks0", "type", "veth", "peer", "name", "wks1"],
+                        ["ip", "link", "set", "wks0", "up"], ["ip", "link", "set", "wks1", "up"]):
+            subprocess.run(["ip", "netns", "exec", name, *command], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -22,6 +22,23 @@ from medulla_appliance.testing.processes import process_tree
 from .chroot import DEBS_INBOX, run
 
 BOOT_TIMEOUT = 90
+# The relay-role daemons a master host runs beside the master (and Syncthing itself).
+ROLE_UNITS = ("medulla-relay", "medulla-pxe", "medulla-guard", "medulla-syncthing-engine",
+              "medulla-syncthing")
+DAEMONS = ("medulla-master", "medulla-relay", "medulla-pxe", "medulla-guard",
+           "medulla-syncthing")
+# How each daemon's status line says its link to the master is up.
+LINK_UP = ("master link up", "master connected", "XMPP connected")
+# A TFTP read request for one small file, from inside the container (one DATA block).
+TFTP_GET = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.settimeout(5); s.sendto(b'\\0\\1' + sys.argv[1].encode() + b'\\0octet\\0', "
+    "('127.0.0.1', 69)); d, a = s.recvfrom(70000); assert d[:4] == b'\\0\\3\\0\\1', d; "
+    "s.sendto(b'\\0\\4\\0\\1', a); sys.stdout.write(d[4:].decode())")
+HTTP_STATUS = (
+    "import sys, urllib.request, urllib.error\n"
+    "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n"
+    "except urllib.error.HTTPError as e:\n    print(e.code)")
 
 
 def unavailable() -> str | None:
@@ -41,6 +58,8 @@ class Container:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", "--directory", str(root), "--boot",
                  "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{netns}",
+                 # medulla-guard's nft acts on the test's network namespace.
+                 "--capability=CAP_NET_ADMIN",
                  "--console=passive",
                  f"--machine=medulla-pkgtest-{os.getpid()}"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -142,6 +161,7 @@ def _checks(c: Container, domain: str) -> None:
     assert c.sh("systemctl is-active medulla-master").stdout.strip() == "active"
     c.wait_for("systemctl show -p StatusText --value medulla-master",
                lambda s: s.startswith("XMPP connected"), 60)
+    _check_roles(c)
     # Unconfigured agent: skipped by its Condition, not failed.
     assert c.sh("systemctl is-active medulla-agent", check=False).stdout.strip() == "inactive"
     # A workstation set up as README says: the master's agent settings and CA.
@@ -163,10 +183,45 @@ def _checks(c: Container, domain: str) -> None:
     c.sh("systemctl reload medulla-master")
     assert c.sh("systemctl is-active medulla-master").stdout.strip() == "active"
     assert c.main_pid("medulla-master") == pid
-    # An upgrade (dpkg configures the packages again) restarts both daemons.
-    before = {u: c.main_pid(u) for u in ("medulla-master", "medulla-agent")}
+    # An upgrade (dpkg configures the packages again) restarts every daemon.
+    before = {u: c.main_pid(u) for u in (*DAEMONS, "medulla-agent")}
     c.sh(f"dpkg -i {DEBS_INBOX}/*.deb", timeout=300)
     for unit, old in before.items():
         c.wait_for(f"systemctl is-active {unit}", lambda s: s == "active", 60)
         assert c.main_pid(unit) not in (0, old), f"{unit} was not restarted by the upgrade"
+    failed = c.sh("systemctl list-units --failed --plain --no-legend 'medulla-*'").stdout
+    assert failed.strip() == "", failed
 
+
+
+def _check_roles(c: Container) -> None:
+    """The relay role beside the master: each daemon started at boot, active (READY=1),
+    doing its job, and reloaded in place."""
+    for unit in ROLE_UNITS:
+        c.wait_for(f"systemctl is-active {unit}", lambda s: s == "active", 120)
+    # medulla-pxe answers TFTP on 69 (CAP_NET_BIND_SERVICE) from the TFTP root.
+    c.sh("echo 'boot file of the nspawn test' > /var/lib/medulla/tftpboot/nspawn.txt")
+    got = c.sh(f'python3.11 -I -c "{TFTP_GET}" nspawn.txt').stdout
+    assert got == "boot file of the nspawn test\n", got
+    # medulla-guard made its nftables table (CAP_NET_ADMIN, ambient for nft).
+    c.wait_for("nft list table inet medulla_guard >/dev/null && echo ok", lambda s: s == "ok", 30)
+    # medulla-relay serves: a download without a token is refused with 401.
+    status = c.sh(f"python3.11 -I -c '{HTTP_STATUS}' "
+                  "http://127.0.0.1:9990/packages/p/descriptor.json").stdout.strip()
+    assert status == "401", status
+    # medulla-syncthing configured Syncthing (found through config.xml): the folder is there.
+    c.wait_for("grep -c 'id=\"medulla-packages\"' /var/lib/medulla/syncthing/config.xml",
+               lambda s: s not in ("", "0"), 60)
+    # On the master host the roles with an [xmpp] jid log in as the master's account with
+    # their own resource: each says its link is up in its status line.
+    for unit in DAEMONS[1:]:
+        local = unit.removeprefix("medulla-")
+        if c.sh(f"grep -qs '^jid = master@' /etc/medulla/{local}.ini.local", check=False) \
+                .returncode == 0:
+            c.wait_for(f"systemctl show -p StatusText --value {unit}",
+                       lambda s: any(up in s for up in LINK_UP), 60)
+    for unit in DAEMONS[1:]:
+        pid = c.main_pid(unit)
+        c.sh(f"systemctl reload {unit}")
+        assert c.sh(f"systemctl is-active {unit}").stdout.strip() == "active", unit
+        assert c.main_pid(unit) == pid, f"{unit}: reload replaced the process"

@@ -10,7 +10,6 @@ The tests of this module depend on each other's effects and run in file order.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
 import subprocess
@@ -25,8 +24,13 @@ from .debs import CONFFILE_LINE, PROBE_TABLE
 pytestmark = pytest.mark.packaging
 
 DOMAIN = "medulla.test"
-SERVER = ("medulla-common", "medulla-master", "medulla-server")
+ROLES = ("medulla-relay", "medulla-pxe", "medulla-guard", "medulla-syncthing")
+SERVER = ("medulla-common", "medulla-master", *ROLES, "medulla-server")
 ALL = (*SERVER, "medulla-agent")
+# Every unit the server packages ship, and the daemon behind each (None: not ours).
+SERVER_UNITS = {"medulla-master": "medulla-master", "medulla-relay": "medulla-relay",
+                "medulla-pxe": "medulla-pxe", "medulla-guard": "medulla-guard",
+                "medulla-syncthing": "medulla-syncthing", "medulla-syncthing-engine": None}
 NOTIFY_DIR = "/run/medulla-test"
 MASTER = ["/usr/bin/medulla-master", "--config", "/etc/medulla/master.ini"]
 VENV_PY = "/usr/lib/medulla/venv/bin/python3"
@@ -34,7 +38,10 @@ GENERATED = ("/etc/medulla/master-xmpp.password", "/etc/medulla/enrolment.key",
              "/etc/medulla/pki/ca.key", "/etc/medulla/pki/ca.pem", "/etc/medulla/pki/xmpp.key",
              "/etc/medulla/pki/xmpp.crt", "/etc/medulla/master.ini.local",
              "/etc/medulla/agents/agentconf.ini.local", "/var/lib/medulla/master/master.key",
-             "/etc/prosody/conf.d/medulla.cfg.lua")
+             "/etc/prosody/conf.d/medulla.cfg.lua", "/etc/medulla/relay.ini.local",
+             "/etc/medulla/syncthing.ini.local")
+# What the admin puts in the relay role's folders: kept by upgrades, removed by purge.
+ADMIN_FILES = ("/var/lib/medulla/tftpboot/boot.ipxe", "/var/lib/medulla-guard/admin-note")
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +52,6 @@ def chroot(chroots_dir, upgrade_build):
         yield box
     finally:
         box.close()
-
-
-@pytest.fixture(scope="module")
-def netns():
-    """A network namespace of our own: a loopback, and a veth pair whose two ends stay
-    inside it (a workstation's agent wants a network card with a MAC address). The daemons'
-    ports and packets touch nothing of the host's."""
-    name = f"medulla-pkgtest-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for command in (["ip", "link", "set", "lo", "up"],
-                        ["ip", "link", "add", "wks0", "type", "veth", "peer", "name", "wks1"],
-                        ["ip", "link", "set", "wks0", "up"], ["ip", "link", "set", "wks1", "up"]):
-            subprocess.run(["ip", "netns", "exec", name, *command], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def owner(box, path):
@@ -173,7 +163,8 @@ def test_server_installs_with_apt_resolving_debian_dependencies(chroot, built):
     chroot.chroot(["sh", "-c", f"echo 'medulla-master medulla-master/xmpp-domain string "
                    f"{DOMAIN}' | debconf-set-selections"])
     chroot.apt_install(*(built[p] for p in SERVER))
-    for package in (*SERVER, "prosody", "openssl"):
+    # Debian's packages the roles drive, resolved by apt.
+    for package in (*SERVER, "prosody", "openssl", "syncthing", "nftables"):
         assert chroot.installed(package) == "installed", package
 
 
@@ -194,8 +185,10 @@ def test_user_state_config_and_secrets_are_in_place(chroot):
     san = chroot.chroot(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
                          "/etc/medulla/pki/xmpp.crt"]).stdout
     assert f"DNS:{DOMAIN}" in san
-    assert f"jid = master@{DOMAIN}/master" in chroot.path("/etc/medulla/master.ini.local") \
-        .read_text()
+    master_local = chroot.path("/etc/medulla/master.ini.local").read_text()
+    assert f"jid = master@{DOMAIN}/master" in master_local
+    # Agents of the master's own site download from the relay role of this host.
+    assert f"relay_urls = master http://{DOMAIN}:9990" in master_local
     conffiles = chroot.chroot(["dpkg-query", "-W", "-f=${Conffiles}", "medulla-master"]).stdout
     assert "/etc/medulla/master.ini " in conffiles and ".local" not in conffiles
     template = chroot.path("/etc/medulla/agents/agentconf.ini.local").read_text()
@@ -213,8 +206,57 @@ def test_user_state_config_and_secrets_are_in_place(chroot):
     assert chroot.chroot(["medullactl", "--help"]).returncode == 0
 
 
+def test_roles_get_their_files_units_and_on_the_master_host_its_account_and_key(chroot):
+    for package in ROLES:
+        name = package.removeprefix("medulla-")
+        conffiles = chroot.chroot(["dpkg-query", "-W", "-f=${Conffiles}", package]).stdout
+        assert f"/etc/medulla/{name}.ini " in conffiles and ".local" not in conffiles, package
+        assert chroot.path(f"/usr/share/man/man1/{package}.1.gz").exists(), package
+    guard_conffiles = chroot.chroot(["dpkg-query", "-W", "-f=${Conffiles}",
+                                     "medulla-guard"]).stdout
+    for rules in ("jails/sshd.ini", "filters/sshd.ini", "jails/medulla-pxe.ini"):
+        assert f"/etc/medulla/guard.d/{rules} " in guard_conffiles, rules
+    for unit in SERVER_UNITS:
+        assert chroot.path(f"/lib/systemd/system/{unit}.service").exists(), unit
+        assert chroot.path(f"/etc/systemd/system/multi-user.target.wants/{unit}.service") \
+            .is_symlink(), unit
+    assert owner(chroot, "/var/lib/medulla/tftpboot") == ("root", "root", 0o755)
+    public = re.search(r"^master_public_key = (\S+)$",
+                       chroot.path("/etc/medulla/agents/agentconf.ini.local").read_text(),
+                       re.M).group(1)
+    # Whatever order apt configured them in, the roles beside the master use its account
+    # (a resource of their own) and key.
+    relay = chroot.path("/etc/medulla/relay.ini.local").read_text()
+    assert f"master_public_key = {public}\n" in relay
+    syncthing = chroot.path("/etc/medulla/syncthing.ini.local").read_text()
+    for line in ("role = master", "config_xml = /var/lib/medulla/syncthing/config.xml",
+                 f"jid = master@{DOMAIN}/syncthing",
+                 "password_file = /etc/medulla/master-xmpp.password",
+                 f"master_jid = master@{DOMAIN}/master",
+                 "private_key = /var/lib/medulla/master/master.key"):
+        assert f"\n{line}\n" in syncthing, line
+    # Every role whose schema has an [xmpp] section gets the master's JID with its own
+    # resource and the master's key; one without (the schemas are read from the shipped
+    # .ini, generated from them) gets no .ini.local at all.
+    for package in ROLES:
+        name = package.removeprefix("medulla-")
+        shipped = chroot.path(f"/etc/medulla/{name}.ini").read_text()
+        local = chroot.path(f"/etc/medulla/{name}.ini.local")
+        assert local.exists() == ("\n[xmpp]\n" in shipped or name == "syncthing"), name
+        if "\n[xmpp]\n" in shipped:
+            text = local.read_text()
+            assert f"\njid = master@{DOMAIN}/{name}\n" in text, name
+            assert "\nprivate_key = /var/lib/medulla/master/master.key\n" in text, name
+    # Each daemon accepts its configuration, read as its own user.
+    for package in ROLES:
+        name = package.removeprefix("medulla-")
+        proc = chroot.chroot([f"/usr/bin/{package}", "--config", f"/etc/medulla/{name}.ini",
+                              "--check-config"], user="medulla", check=False)
+        assert proc.returncode == 0, (package, proc.stdout, proc.stderr)
+
+
 def test_systemd_analyze_verify_accepts_every_installed_unit(chroot):
-    for unit in ("medulla-master.service", "medulla-agent.service"):
+    for unit in (*(f"{u}.service" for u in SERVER_UNITS), "medulla-agent.service"):
         proc = chroot.chroot(["systemd-analyze", "verify", "--man=no",
                               f"/lib/systemd/system/{unit}"], check=False)
         assert proc.returncode == 0, proc.stderr
@@ -225,6 +267,8 @@ def test_postinst_run_again_or_after_an_interruption_overwrites_nothing(chroot):
     # An admin's edits to the generated files must survive too.
     with open(chroot.path("/etc/prosody/conf.d/medulla.cfg.lua"), "a") as fh:
         fh.write("    -- tuned by the admin\n")
+    with open(chroot.path("/etc/medulla/relay.ini.local"), "a") as fh:
+        fh.write("\n[http]\nidle_timeout = 42s\n")
     before = snapshot(chroot)
     assert all(before.values()), before
     # Interrupted first configuration: the server certificate never made it, a temporary
@@ -235,6 +279,9 @@ def test_postinst_run_again_or_after_an_interruption_overwrites_nothing(chroot):
     chroot.chroot([postinst, "configure"])
     chroot.chroot([postinst, "configure"])
     chroot.chroot(["dpkg-reconfigure", "-fnoninteractive", "medulla-master"])
+    # A role's first configuration again (an admin's relay.ini.local stays as it is).
+    chroot.chroot(["/var/lib/dpkg/info/medulla-relay.postinst", "configure"])
+    chroot.chroot(["/usr/lib/medulla/configure-master-roles"])
     after = snapshot(chroot)
     assert not chroot.path("/etc/medulla/enrolment.key.medulla-tmp").exists()
     assert after["/etc/medulla/pki/xmpp.crt"] is not None
@@ -276,7 +323,12 @@ def test_upgrade_keeps_local_ini_and_store_migrates_schema_and_follows_conffile_
     sql(chroot, "INSERT INTO machines (uuid, hostname, jid, enrolled_at, updated_at) "
                 "VALUES ('pkgtest', 'kept', 'kept@x/y', 1, 1)")
     schema_before = int(sql(chroot, "SELECT MAX(version) FROM schema_version")[2:-2])
-    before = snapshot(chroot, GENERATED + ("/var/lib/medulla/master/api-token",))
+    # The relay role's state: a boot file in the TFTP root, the guard's state folder.
+    chroot.path("/var/lib/medulla-guard").mkdir(mode=0o750, exist_ok=True)
+    for path in ADMIN_FILES:
+        chroot.path(path).write_text(f"kept across upgrades: {path}\n")
+    kept = GENERATED + ADMIN_FILES + ("/var/lib/medulla/master/api-token",)
+    before = snapshot(chroot, kept)
 
     new = upgrade_build.debs()
     chroot.apt_install(*(new[p] for p in ALL), extra=(
@@ -285,7 +337,7 @@ def test_upgrade_keeps_local_ini_and_store_migrates_schema_and_follows_conffile_
         version = chroot.chroot(["dpkg-query", "-W", "-f=${Version}", package]).stdout
         assert version == upgrade_build.version, package
 
-    assert snapshot(chroot, GENERATED + ("/var/lib/medulla/master/api-token",)) == before
+    assert snapshot(chroot, kept) == before
     # Unchanged by the admin: replaced by the new one. Changed: kept, the new one beside.
     assert chroot.path("/etc/medulla/master.ini").read_text().endswith(CONFFILE_LINE)
     agentconf = chroot.path("/etc/medulla-agent/agentconf.ini").read_text()
@@ -296,7 +348,8 @@ def test_upgrade_keeps_local_ini_and_store_migrates_schema_and_follows_conffile_
 
     run_master(chroot, netns, work_dir / "master-2.log", lambda m: "READY=1" in m)
     assert sql(chroot, "SELECT hostname FROM machines WHERE uuid = 'pkgtest'") == '[["kept"]]'
-    assert int(sql(chroot, "SELECT MAX(version) FROM schema_version")[2:-2]) == schema_before + 1
+    # At least the probe migration (the tree the upgrade is built from may hold more).
+    assert int(sql(chroot, "SELECT MAX(version) FROM schema_version")[2:-2]) > schema_before
     assert sql(chroot, f"SELECT name FROM sqlite_master WHERE name = '{PROBE_TABLE}'") \
         == f'[["{PROBE_TABLE}"]]'
     sql(chroot, "DELETE FROM machines WHERE uuid = 'pkgtest'")
@@ -311,24 +364,40 @@ def test_booted_with_nspawn_systemctl_brings_daemons_up_and_upgrade_restarts_the
 
 
 # -- remove, purge ----------------------------------------------------------------------------
-def test_remove_keeps_configuration_and_state(chroot):
-    chroot.chroot(["apt-get", "remove", "-y", "-q", *ALL])
-    assert chroot.installed("medulla-master") == "config-files"
-    assert chroot.installed("medulla-agent") == "config-files"
+def nft_tables(netns):
+    return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_remove_keeps_configuration_and_state(chroot, netns):
+    # The guard's table (as a running guard leaves it) goes with the guard; a table that
+    # is not its own stays. In the test's network namespace, never the host's.
+    for table in ("medulla_guard", "admin_own"):
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "add", "table", "inet", table],
+                       check=True)
+    chroot.chroot(["apt-get", "remove", "-y", "-q", *ALL], netns=netns)
+    tables = nft_tables(netns)
+    assert "table inet admin_own" in tables and "medulla_guard" not in tables, tables
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "admin_own"],
+                   check=True)
+    for package in (*ROLES, "medulla-master", "medulla-agent"):
+        assert chroot.installed(package) == "config-files", package
     assert chroot.installed("medulla-common") in (None, "not-installed")
     for gone in ("/usr/lib/medulla", "/usr/lib/medulla-agent", "/usr/bin/medulla-master"):
         assert not chroot.path(gone).exists(), gone
     for kept in ("/etc/medulla/master.ini", "/etc/medulla/master.ini.local",
                  "/etc/medulla/enrolment.key", "/var/lib/medulla/master/master.sqlite",
-                 "/etc/medulla-agent/agentconf.ini"):
+                 "/etc/medulla-agent/agentconf.ini", "/etc/medulla/relay.ini.local",
+                 "/etc/medulla/syncthing.ini.local", "/etc/medulla/guard.d/jails/sshd.ini",
+                 *ADMIN_FILES):
         assert chroot.path(kept).exists(), kept
 
 
-def test_purge_leaves_nothing_but_the_system_user(chroot):
+def test_purge_leaves_nothing_but_the_system_user(chroot, netns):
     # Packages without conffiles (common, server) left nothing to purge at removal.
     left = [p for p in ALL if chroot.installed(p) == "config-files"]
-    assert left == ["medulla-master", "medulla-agent"]
-    chroot.chroot(["apt-get", "purge", "-y", "-q", *left])
+    assert left == ["medulla-master", *ROLES, "medulla-agent"]
+    chroot.chroot(["apt-get", "purge", "-y", "-q", *left], netns=netns)
     for package in ALL:
         assert chroot.installed(package) in (None, "not-installed"), package
     chroot.chroot(["rm", "-rf", DEBS_INBOX, NOTIFY_DIR])

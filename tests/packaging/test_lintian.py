@@ -32,14 +32,47 @@ def test_every_lintian_override_says_why():
                 assert explained, f"{overrides.name}: no reason above {line!r}"
 
 
-def test_all_packages_are_built(built):
-    assert set(built) == {"medulla-common", "medulla-master", "medulla-server", "medulla-agent"}
+# Each daemon package and the units its postinst enables, starts and restarts.
+DAEMON_UNITS = {
+    "medulla-master": ("medulla-master.service",),
+    "medulla-relay": ("medulla-relay.service",),
+    "medulla-pxe": ("medulla-pxe.service",),
+    "medulla-guard": ("medulla-guard.service",),
+    "medulla-syncthing": ("medulla-syncthing-engine.service", "medulla-syncthing.service"),
+    "medulla-agent": ("medulla-agent.service",),
+}
 
 
-def test_master_postinst_restarts_its_unit_after_upgrade(built):
-    control = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(built["medulla-master"])],
+def control_file(deb, name):
+    control = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)],
                              capture_output=True, check=True).stdout
-    listing = subprocess.run(["tar", "-xOf", "-", "./postinst"], input=control,
-                             capture_output=True, check=True).stdout.decode()
-    assert "_dh_action=restart" in listing
-    assert "deb-systemd-invoke $_dh_action 'medulla-master.service'" in listing
+    return subprocess.run(["tar", "-xOf", "-", f"./{name}"], input=control,
+                          capture_output=True, check=True).stdout.decode()
+
+
+def test_all_packages_are_built(built):
+    assert set(built) == {"medulla-common", "medulla-server", *DAEMON_UNITS}
+
+
+@pytest.mark.parametrize("package", sorted(DAEMON_UNITS))
+def test_postinst_enables_its_units_and_restarts_them_after_upgrade(built, package):
+    postinst = control_file(built[package], "postinst")
+    assert "_dh_action=restart" in postinst
+    for unit in DAEMON_UNITS[package]:
+        assert f"deb-systemd-helper enable '{unit}'" in postinst, unit
+    started = " ".join(f"'{u}'" for u in sorted(DAEMON_UNITS[package]))
+    assert f"deb-systemd-invoke $_dh_action {started}" in postinst
+
+
+def test_master_host_pulls_every_role_and_roles_depend_on_what_they_drive(built):
+    def depends(package):
+        fields = subprocess.run(["dpkg-deb", "-f", str(built[package]), "Depends"],
+                                capture_output=True, text=True, check=True).stdout
+        return {item.split()[0] for item in fields.replace("|", ",").split(",") if item.strip()}
+    assert depends("medulla-server") >= {"medulla-master", "medulla-relay", "medulla-pxe",
+                                         "medulla-syncthing", "medulla-guard"}
+    assert "syncthing" in depends("medulla-syncthing")
+    assert "nftables" in depends("medulla-guard")
+    assert depends("medulla-master") >= {"prosody", "ejabberd", "openssl"}
+    for package in ("medulla-relay", "medulla-pxe", "medulla-guard", "medulla-syncthing"):
+        assert depends(package) >= {"medulla-common", "adduser"}, package
