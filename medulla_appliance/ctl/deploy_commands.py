@@ -12,6 +12,7 @@ from typing import TextIO
 
 from medulla_appliance.ctl import render_deploy as render
 from medulla_appliance.ctl.client import ApiClient, ApiError
+from medulla_appliance.ctl.render import emit as _print
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
@@ -101,14 +102,6 @@ def _count(low: int):
                                              f"got {text!r}")
         return value
     return parse
-
-
-def _print(args, data, human: str, out: TextIO) -> int:
-    if args.json:
-        args.print_json(data, out)
-    else:
-        print(human, file=out)
-    return EXIT_OK
 
 
 # -- package ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import TextIO
 
 from medulla_appliance.ctl import render
 from medulla_appliance.ctl.client import ApiClient, ApiError
+from medulla_appliance.ctl.render import emit as _print
 
 EXIT_OK = 0
 GROUP_COLUMNS = ("GROUP", "MACHINES", "ONLINE", "UPDATED")
@@ -44,14 +45,6 @@ def add_parser(commands, command) -> None:
     delete = command(actions, "delete", help="delete a group (its machines stay)")
     delete.add_argument("name", metavar="NAME")
     delete.set_defaults(run=_delete)
-
-
-def _print(args, data, human: str, out: TextIO) -> int:
-    if args.json:
-        args.print_json(data, out)
-    else:
-        print(human, file=out)
-    return EXIT_OK
 
 
 def _list(client: ApiClient, args, out: TextIO, now: float) -> int:

@@ -21,7 +21,7 @@ import argparse
 from typing import TextIO
 
 from medulla_appliance.ctl.client import ApiClient, _segment
-from medulla_appliance.ctl.render import NONE, escape_text, render_table
+from medulla_appliance.ctl.render import NONE, emit, escape_text, render_table
 
 EXIT_OK = 0
 TARGETS = ("mac", "uuid", "group", "server")
@@ -154,11 +154,7 @@ def _menus(path="") -> str:
 
 
 def _out(args, out, data, text) -> int:
-    if args.json:
-        args.print_json(data, out)
-    else:
-        print(text, file=out)
-    return EXIT_OK
+    return emit(args, data, text, out)
 
 
 # -- commands ----------------------------------------------------------------------------

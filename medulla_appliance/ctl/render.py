@@ -214,3 +214,12 @@ def render_status(status: dict, now: float, tz: datetime.tzinfo | None = None) -
     machines = ", ".join(f"{escape_text(counts.get(k, '?'))} {k}"
                          for k in ("total", "online", "offline"))
     return "\n".join([line, f"xmpp:     {link}", f"machines: {machines}"])
+
+
+def emit(args, data, human: str, out) -> int:
+    """Print the API's ``data`` as JSON with ``--json``, else the ``human`` text; exit 0."""
+    if args.json:
+        args.print_json(data, out)
+    else:
+        print(human, file=out)
+    return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 from twisted.internet import task
 from twisted.logger import Logger
 
+from ..core.batch import FlushLater
 from ..core.xmpp.link import LinkDown
 
 ACTION_BAN = "guard.ban"
@@ -67,7 +68,7 @@ class BanNotifier:
         self.online = False
         self.sent = 0
         self._changes: dict[str, tuple[str, dict]] = {}  # address -> (action, entry)
-        self._flush_call = None
+        self._later = FlushLater(clock, batch_delay, self.flush)
         for action in (ACTION_BAN, ACTION_UNBAN):
             link.handle("result." + action, self._answered)
 
@@ -91,7 +92,7 @@ class BanNotifier:
         if not self.online:
             return
         self._changes.clear()  # the snapshot says it all
-        self._cancel_flush()
+        self._later.cancel()
         entries = sorted((ban_entry(b) for b in self.bans_in_force()),
                          key=lambda e: e["address"])
         for number, chunk in enumerate(_chunks(entries, self.max_items)):
@@ -100,11 +101,11 @@ class BanNotifier:
     def session_down(self):
         self.online = False
         self._changes.clear()  # the snapshot at the next session says it all
-        self._cancel_flush()
+        self._later.cancel()
         self._stop_snapshots()
 
     def stop(self):
-        self._cancel_flush()
+        self._later.cancel()
         self._stop_snapshots()
 
     def _stop_snapshots(self):
@@ -116,17 +117,11 @@ class BanNotifier:
         if not self.online:
             return
         self._changes[address] = (action, entry)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(self.batch_delay, self.flush)
-
-    def _cancel_flush(self):
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        self._later.soon()
 
     def flush(self):
         """Send the gathered changes now."""
-        self._flush_call = None
+        self._later.cancel()
         changes, self._changes = self._changes, {}
         if not self.online or not changes:
             return

@@ -5,7 +5,6 @@ only to syslog, so its readiness is probed with a request for a file that does n
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,21 +12,11 @@ import time
 from pathlib import Path
 
 from ..testing.ports import free_udp_port
+from ..testing.processes import stop_process
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 READY_LINE = "TFTP listening on"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(STOP_TIMEOUT)
 
 
 def probe(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -106,7 +95,7 @@ class PXEDaemon:
 
     def stop(self):
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc, STOP_TIMEOUT)
             self._log.close()
 
     def __enter__(self):
@@ -153,7 +142,7 @@ class TftpdHpa:
 
     def stop(self):
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc, STOP_TIMEOUT)
             self.proc.stderr.close()
 
     def __enter__(self):

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from ..core.listening import listen_all
 from ..core.xmpp.link import ApplianceLink
 from .config import http_addresses, server_name
 from .menus import MenuSource
@@ -46,14 +47,8 @@ class HTTPMenuService(service.Service):
                           "local disk) until medulla-pxe has a link to the master")
 
     def startService(self):
-        try:
-            for port, interface in self.addresses:
-                self.ports.append(self.reactor.listenTCP(port, self.site, interface=interface))
-        except Exception:
-            for port in self.ports:
-                port.stopListening()
-            self.ports = []
-            raise
+        self.ports = listen_all(self.addresses, lambda port, interface: self.reactor.listenTCP(
+            port, self.site, interface=interface))
         super().startService()
         for port in self.ports:
             host = port.getHost()

@@ -7,6 +7,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..core.config import ConfigError
+from ..core.listening import listen_all
 from .autoexec import AutoexecScript
 from .config import http_addresses, listen_addresses
 from .dhcp.udp import ProxyDHCPService
@@ -51,14 +52,7 @@ class TFTPService(service.Service):
         self.ports = []
 
     def startService(self):
-        try:
-            for port, interface in self.addresses:
-                self.ports.append(self.server.listen(port, interface))
-        except Exception:
-            for port in self.ports:
-                port.stopListening()
-            self.ports = []
-            raise
+        self.ports = listen_all(self.addresses, self.server.listen)
         super().startService()
         for port in self.ports:
             host = port.getHost()

@@ -19,6 +19,8 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 
+from ..core.batch import FlushLater
+
 ACTION = "package.synced"
 #: Entries per envelope: ~130 bytes each, far below the 256 KiB envelope limit.
 MAX_ITEMS_PER_ENVELOPE = 400
@@ -43,7 +45,7 @@ class MasterNotifier:
         self.clock, self.batch_delay, self.max_items = clock, batch_delay, max_items
         self.state: dict[str, dict[str, str]] = {name: {} for name in relays}
         self._changes: dict[str, dict[str, tuple[str, str]]] = {}
-        self._flush_call = None
+        self._later = FlushLater(clock, batch_delay, self.flush)
         self.online = False
         self.sent = 0
         channel.handle("result." + ACTION, self._answered)
@@ -62,7 +64,7 @@ class MasterNotifier:
         """A new XMPP session: send everything, as snapshots."""
         self.online = True
         self._changes.clear()
-        self._cancel_flush()
+        self._later.cancel()
         for relay in sorted(self.state):
             items = list(self.state[relay].items())
             chunks = [items[i:i + self.max_items]
@@ -73,27 +75,21 @@ class MasterNotifier:
     def session_down(self):
         self.online = False
         self._changes.clear()  # the snapshot at the next session says it all
-        self._cancel_flush()
+        self._later.cancel()
 
     def stop(self):
-        self._cancel_flush()
+        self._later.cancel()
 
     # -- internals -----------------------------------------------------------------------
     def _change(self, relay, package_id, kind, sha):
         if not self.online:
             return
         self._changes.setdefault(relay, {})[package_id] = (kind, sha)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(self.batch_delay, self.flush)
-
-    def _cancel_flush(self):
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        self._later.soon()
 
     def flush(self):
         """Send the gathered changes now."""
-        self._flush_call = None
+        self._later.cancel()
         changes, self._changes = self._changes, {}
         if not self.online:
             return

@@ -26,14 +26,13 @@ own processes: dnsmasq's ``--log-dhcp`` file, medulla-pxe's log, qemu's serial c
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 import zlib
 from pathlib import Path
 
-from .processes import tail
+from .processes import stop_process, tail
 
 SITE_ADDRESS = "192.0.2.2"
 DHCP_ADDRESS = "192.0.2.1"
@@ -59,18 +58,6 @@ def missing_tools() -> list[str]:
     if os.geteuid() != 0:
         missing.append("root (network namespaces and tap devices)")
     return missing
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, the one process we started."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(STOP_TIMEOUT)
 
 
 def wait_for(what: str, check, timeout: float, logs=()) -> object:
@@ -165,7 +152,7 @@ class NetbootLab:
     def destroy(self) -> None:
         """Stop every process we started (by PID, newest first), then delete the namespaces."""
         while self.processes:
-            stop(self.processes.pop())
+            stop_process(self.processes.pop(), STOP_TIMEOUT)
         if self.uplink is not None:  # gone with the site namespace anyway; made sure of
             subprocess.run(["ip", "link", "del", self.uplink], check=False,
                            capture_output=True)
@@ -244,7 +231,7 @@ class NetbootLab:
 
     def stop_vm(self) -> None:
         """Power the VM off (by PID), so that the same tap can boot it again."""
-        stop(self.vm)
+        stop_process(self.vm, STOP_TIMEOUT)
         self.processes.remove(self.vm)
         self.vm = None
 

@@ -10,6 +10,7 @@ import os
 import pwd
 import resource
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -140,3 +141,16 @@ class ProcessSet:
 
     def clear(self) -> None:
         self._known.clear()
+
+
+def stop_process(proc, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds, the one process we started
+    (a ``subprocess.Popen``), and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)

@@ -15,6 +15,7 @@ from medulla_appliance.core.xmpp.channel import Refusal
 from medulla_appliance.core.xmpp.relay_enrolment import registration
 from medulla_appliance.master import deploy_storage, storage
 from medulla_appliance.master.relays import MASTER_HOST, Relays, url_feeder
+from tests.unit.deferreds import result_of
 
 NOW = 1_763_820_000.0
 DOMAIN = "medulla.example"
@@ -24,15 +25,6 @@ MASTER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 LYON_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
 LYON = JID("relay-lyon@%s/syncthing" % DOMAIN)
-
-
-def result_of(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 def refusal_of(d):
