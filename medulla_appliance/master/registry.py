@@ -16,6 +16,10 @@ from . import storage
 from .logic import identity
 
 HISTORY_LIMIT = 50
+#: A machine marked offline for an unanswered ping, whose session no presence said was
+#: over, is pinged again this many times (after ping_after, then twice, four times... as
+#: long): a late answer under load brings it back without waiting for it to speak.
+SUSPECT_PINGS = 5
 
 
 class Registry:
@@ -37,6 +41,7 @@ class Registry:
         self._heard = {}            # uuid -> last time we heard from it
         self._pinging = set()
         self._stored_online = set()  # online in the store, not yet confirmed this session
+        self._suspect = {}          # uuid -> [full JID, pings since]: offline for a ping
 
     @defer.inlineCallbacks
     def load(self):
@@ -135,6 +140,7 @@ class Registry:
             return None
         self._heard[uid] = self.clock.seconds()
         self._stored_online.discard(uid)
+        self._suspect.pop(uid, None)
         if self._online.get(uid) == jid.full():
             return None
         self._online[uid] = jid.full()
@@ -144,6 +150,8 @@ class Registry:
     def unavailable(self, jid, detail="presence unavailable"):
         """An agent's session ended (or stopped answering)."""
         uid = self.uuid_for(jid)
+        if uid is not None and self._suspect.get(uid, [None])[0] == jid.full():
+            del self._suspect[uid]  # the session we doubted is over: stop pinging it
         if uid is None or self._online.get(uid) != jid.full():
             return None  # an old session going away after a newer one started
         return self._go_offline(uid, detail)
@@ -165,10 +173,14 @@ class Registry:
     def due_for_ping(self, silent_for, limit):
         """Up to `limit` (uuid, full JID) of online agents silent for `silent_for` seconds
         and not being pinged, the longest silent first: a fleet that went quiet at once
-        is pinged at a bounded rate, never all together."""
-        cutoff = self.clock.seconds() - silent_for
+        is pinged at a bounded rate, never all together. Suspects (offline for a ping
+        they did not answer) come again after `silent_for`, then twice that, and so on."""
+        now = self.clock.seconds()
         silent = [(self._heard.get(u, 0), u, j) for u, j in self._online.items()
-                  if self._heard.get(u, 0) <= cutoff and u not in self._pinging]
+                  if self._heard.get(u, 0) <= now - silent_for and u not in self._pinging]
+        silent += [(self._heard.get(u, 0), u, j) for u, (j, pings) in self._suspect.items()
+                   if self._heard.get(u, 0) <= now - silent_for * 2 ** pings
+                   and u not in self._pinging]
         due = [(u, j) for _, u, j in sorted(silent)[:limit]]
         self._pinging.update(u for u, _ in due)
         return due
@@ -177,17 +189,28 @@ class Registry:
         """The outcome of a ping sent at `sent_at`. Anything heard from the agent since
         then proves it alive too: a slow answer under load is not a death."""
         self._pinging.discard(uid)
+        if uid in self._suspect and self._suspect[uid][0] == full_jid:
+            return self._suspect_answered(uid, full_jid, alive)
         if self._online.get(uid) != full_jid:
-            if alive and uid not in self._online:  # marked offline, yet it answered
-                return self.available(JID(full_jid), "answered a ping from %s" % full_jid)
             return None
         if alive:
             self._heard[uid] = self.clock.seconds()
             return None
         if self._heard.get(uid, 0) > sent_at:
             return None
+        d = self._go_offline(uid, "no answer to ping")
+        self._suspect[uid] = [full_jid, 0]
+        self._heard[uid] = self.clock.seconds()
+        return d
 
-        return self._go_offline(uid, "no answer to ping")
+    def _suspect_answered(self, uid, full_jid, alive):
+        if alive:
+            return self.available(JID(full_jid), "answered a ping from %s" % full_jid)
+        self._suspect[uid][1] += 1
+        self._heard[uid] = self.clock.seconds()
+        if self._suspect[uid][1] >= SUSPECT_PINGS:
+            del self._suspect[uid]
+        return None
 
     def reconcile(self):
         """After (re)connecting: machines still marked online that sent no presence."""
@@ -202,6 +225,7 @@ class Registry:
         self._stored_online.update(self._online)
         self._online.clear()
         self._pinging.clear()
+        self._suspect.clear()
 
     def _go_offline(self, uid, detail):
         self._online.pop(uid, None)

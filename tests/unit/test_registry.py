@@ -10,7 +10,7 @@ from twisted.words.protocols.jabber.jid import JID
 from medulla_appliance.core.store import Store
 from medulla_appliance.master import storage
 from medulla_appliance.master.logic.identity import Refused, parse_facts
-from medulla_appliance.master.registry import Registry
+from medulla_appliance.master.registry import SUSPECT_PINGS, Registry
 from tests.unit.deferreds import failure_of, result_of
 
 DOMAIN = "medulla.example"
@@ -190,8 +190,53 @@ def test_a_silent_machine_is_pinged_once_and_goes_offline_without_an_answer(regi
     result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
     assert machine(registry, uid)["online"] is False
     assert events(registry, uid)[0] == ("offline", "no answer to ping")
-    clock.advance(100)
-    assert registry.due_for_ping(20, 100) == []                 # offline machines are not pinged
+
+
+def test_a_machine_offline_for_a_ping_is_pinged_again_less_and_less_then_forgotten(registry,
+                                                                                  clock):
+    # No presence said its session was over: it may only have been slow. It is asked
+    # again after 20 s, 40 s, 80 s... and, never answering, forgotten after a few tries.
+    uid = register(registry, PC01)
+    clock.advance(20)
+    registry.due_for_ping(20, 100)
+    result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
+    waits = []
+    for _ in range(SUSPECT_PINGS):
+        waited = 0
+        while registry.due_for_ping(20, 100) == []:
+            clock.advance(1)
+            waited += 1
+            assert waited < 10_000, "never pinged again"
+        waits.append(waited)
+        registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds())
+    assert waits == [20 * 2 ** k for k in range(SUSPECT_PINGS)]
+    clock.advance(100_000)
+    assert registry.due_for_ping(20, 100) == []
+    assert machine(registry, uid)["online"] is False
+
+
+def test_a_suspect_that_answers_is_online_again(registry, clock):
+    uid = register(registry, PC01)
+    clock.advance(20)
+    registry.due_for_ping(20, 100)
+    result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
+    clock.advance(20)
+    assert registry.due_for_ping(20, 100) == [(uid, PC01.jid.full())]
+    result_of(registry.ping_answered(uid, PC01.jid.full(), True, clock.seconds()))
+    assert machine(registry, uid)["online"] is True
+    assert events(registry, uid)[0] == ("online", "answered a ping from %s" % PC01.jid.full())
+    clock.advance(19)
+    assert registry.due_for_ping(20, 100) == []                 # an ordinary online machine
+
+
+def test_a_suspect_whose_session_ends_is_not_pinged_any_more(registry, clock):
+    uid = register(registry, PC01)
+    clock.advance(20)
+    registry.due_for_ping(20, 100)
+    result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
+    assert registry.unavailable(PC01.jid) is None               # already offline: no write
+    clock.advance(1000)
+    assert registry.due_for_ping(20, 100) == []
 
 
 def test_an_answered_ping_keeps_the_machine_online_and_resets_its_silence(registry, clock):
