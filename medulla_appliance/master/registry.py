@@ -20,6 +20,11 @@ HISTORY_LIMIT = 50
 #: over, is pinged again this many times (after ping_after, then twice, four times... as
 #: long): a late answer under load brings it back without waiting for it to speak.
 SUSPECT_PINGS = 5
+#: An "unavailable" this soon after a session came up may be the previous session's:
+#: an agent that reconnects with the same resource can bind before the server closes its
+#: old, silent connection. The machine stays online until a ping at the next sweep asks
+#: the session: the server answers at once with an error when there is none.
+RECONNECT_RACE_SECONDS = 10.0
 
 
 class Registry:
@@ -42,6 +47,7 @@ class Registry:
         self._pinging = set()
         self._stored_online = set()  # online in the store, not yet confirmed this session
         self._suspect = {}          # uuid -> [full JID, pings since]: offline for a ping
+        self._online_since = {}     # uuid -> when its current session came up
 
     @defer.inlineCallbacks
     def load(self):
@@ -100,6 +106,8 @@ class Registry:
         self._uuid_by_jid[bare] = uid
         self._jid_by_uuid[uid] = bare
         self._key_by_jid[bare] = facts.public_key
+        if self._online.get(uid) != sender.full():
+            self._online_since[uid] = now
         self._online[uid] = sender.full()
         self._heard[uid] = now
         self._stored_online.discard(uid)
@@ -144,6 +152,7 @@ class Registry:
         if self._online.get(uid) == jid.full():
             return None
         self._online[uid] = jid.full()
+        self._online_since[uid] = self.clock.seconds()
         return self._write_presence(uid, True, detail or "presence from %s" % jid.full(),
                                     jid.resource or "")
 
@@ -154,6 +163,9 @@ class Registry:
             del self._suspect[uid]  # the session we doubted is over: stop pinging it
         if uid is None or self._online.get(uid) != jid.full():
             return None  # an old session going away after a newer one started
+        if self.clock.seconds() - self._online_since.get(uid, 0) < RECONNECT_RACE_SECONDS:
+            self._heard[uid] = 0  # maybe the old session's: ask the live one at the next sweep
+            return None
         return self._go_offline(uid, detail)
 
     def heard(self, jid):

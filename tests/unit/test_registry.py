@@ -10,7 +10,7 @@ from twisted.words.protocols.jabber.jid import JID
 from medulla_appliance.core.store import Store
 from medulla_appliance.master import storage
 from medulla_appliance.master.logic.identity import Refused, parse_facts
-from medulla_appliance.master.registry import SUSPECT_PINGS, Registry
+from medulla_appliance.master.registry import RECONNECT_RACE_SECONDS, SUSPECT_PINGS, Registry
 from tests.unit.deferreds import failure_of, result_of
 
 DOMAIN = "medulla.example"
@@ -169,13 +169,15 @@ def test_repeated_presence_of_the_same_session_writes_nothing(registry):
     assert len(events(registry, uid)) == 2
 
 
-def test_an_old_session_leaving_after_a_new_one_started_keeps_the_machine_online(registry):
+def test_an_old_session_leaving_after_a_new_one_started_keeps_the_machine_online(registry,
+                                                                                 clock):
     uid = register(registry, PC01)
     new_session = JID(PC01.jid.userhost() + "/0a1b2c3d4eff")
     result_of(registry.available(new_session))
     assert registry.unavailable(PC01.jid) is None          # the old session's goodbye
     m = machine(registry, uid)
     assert m["online"] is True and m["jid"] == new_session.full()
+    clock.advance(RECONNECT_RACE_SECONDS)
     result_of(registry.unavailable(new_session))
     assert machine(registry, uid)["online"] is False
 
@@ -300,6 +302,40 @@ def test_a_pong_from_an_old_session_does_not_replace_the_live_one(registry, cloc
     assert machine(registry, uid)["jid"] == new_session.full()
 
 
+def test_an_unavailable_right_after_a_reconnection_is_checked_with_a_ping(registry, clock):
+    # The agent reconnected with the same resource before the server closed its old,
+    # silent connection: the old session's "unavailable" arrives after the new one's
+    # presence. The machine stays online; a ping at the next sweep asks the session.
+    uid = register(registry, PC01)
+    clock.advance(5)
+    assert registry.unavailable(PC01.jid) is None
+    assert machine(registry, uid)["online"] is True
+    assert registry.due_for_ping(20, 100) == [(uid, PC01.jid.full())]
+    assert registry.ping_answered(uid, PC01.jid.full(), True, clock.seconds()) is None
+    assert machine(registry, uid)["online"] is True
+    assert [e for e, _ in events(registry, uid)] == ["online", "registered"]
+
+
+def test_an_unavailable_right_after_a_reconnection_without_an_answer_is_offline(registry,
+                                                                               clock):
+    # No session any more: the server answers the ping with an error at once.
+    uid = register(registry, PC01)
+    assert registry.unavailable(PC01.jid) is None
+    assert registry.due_for_ping(20, 100) == [(uid, PC01.jid.full())]
+    result_of(registry.ping_answered(uid, PC01.jid.full(), False, clock.seconds()))
+    assert machine(registry, uid)["online"] is False
+    assert events(registry, uid)[0] == ("offline", "no answer to ping")
+
+
+def test_an_unavailable_long_after_the_session_came_up_is_final_at_once(registry, clock):
+    uid = register(registry, PC01)
+    clock.advance(RECONNECT_RACE_SECONDS)
+    result_of(registry.unavailable(PC01.jid))
+    assert machine(registry, uid)["online"] is False
+    clock.advance(100_000)
+    assert registry.due_for_ping(20, 100) == []
+
+
 def test_a_fleet_silent_at_once_is_pinged_at_a_bounded_rate(registry, clock):
     machines = [register(registry, Agent("pc%02d" % i, ["0a:1b:2c:3d:4e:%02x" % i], "k%d" % i))
                 for i in range(10)]
@@ -344,6 +380,7 @@ def test_a_restart_keeps_machines_history_and_pinned_keys(path, clock):
     registry = open_registry(path, clock)
     uid1 = register(registry, PC01)
     register(registry, PC02)
+    clock.advance(RECONNECT_RACE_SECONDS)
     result_of(registry.unavailable(PC02.jid))
     history = events(registry, uid1)
     registry.store.close()
@@ -375,8 +412,9 @@ def test_machines_are_found_by_hostname_uuid_or_jid(registry):
     assert result_of(registry.find_machines("m-")) == []
 
 
-def test_lists_and_counts_follow_presence(registry):
+def test_lists_and_counts_follow_presence(registry, clock):
     uid1, uid2 = register(registry, PC01), register(registry, PC02)
+    clock.advance(RECONNECT_RACE_SECONDS)
     result_of(registry.unavailable(PC02.jid))
     assert [m["uuid"] for m in result_of(registry.list_machines())] == [uid1, uid2]
     assert [m["uuid"] for m in result_of(registry.list_machines(online=True))] == [uid1]
@@ -389,7 +427,7 @@ def test_lists_and_counts_follow_presence(registry):
 def test_history_is_newest_first_and_limited(registry, clock):
     uid = register(registry, PC01)
     for _ in range(30):
-        clock.advance(1)
+        clock.advance(RECONNECT_RACE_SECONDS)
         registry.unavailable(PC01.jid)
         clock.advance(1)
         registry.available(PC01.jid)
