@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from medulla_appliance.core import keys
+from medulla_appliance.guard import control
 from medulla_appliance.testing.ports import free_tcp_port
 
 MASTER_MODULE = "medulla_appliance.master"
@@ -22,6 +23,7 @@ AGENT_MODULE = "medulla_agent"
 SWARM_MODULE = "medulla_appliance.testing.swarm"
 RELAY_MODULE = "medulla_appliance.relay"
 CONNECTION_KEYS = ("max_reconnect_delay", "keepalive_interval", "keepalive_timeout")
+ETC = Path(__file__).resolve().parents[2] / "etc"  # the shipped guard.d filters
 
 
 def _write_secret(path, text):
@@ -158,12 +160,56 @@ class Appliance:
     def pxe_link_sections(self, server="127.0.0.1"):
         """medulla-pxe's ``[xmpp]`` and ``[keys]``: the master's own account (resource
         ``pxe``) on the XMPP server at ``server``, signing with the master's key."""
-        return {"xmpp": {"jid": "master@%s/pxe" % self.domain,
+        return self.master_link_sections("pxe", server)
+
+    def master_link_sections(self, resource, server="127.0.0.1"):
+        """``[xmpp]`` and ``[keys]`` of a daemon of the master host (medulla-pxe,
+        medulla-guard): the master's own account with ``resource``, the master's key."""
+        return {"xmpp": {"jid": "master@%s/%s" % (self.domain, resource),
                          "password_file": self.workdir / "master-xmpp.password",
                          "server": server, "port": self.server.c2s_port,
                          "ca_file": self.server.ca.cert_path,
                          "master_jid": "master@%s/master" % self.domain},
                 "keys": {"private_key": self.state / "master.key"}}
+
+    def start_guard(self, log_file, *, timeout=30):
+        """medulla-guard of the master host: the dry-run backend (bans are only listed),
+        one jail ``sshd`` following ``log_file`` with the shipped OpenSSH filter and the
+        seeds' rule (5 failures in 10 minutes ban for 10 minutes), its control socket at
+        ``self.guard_socket``, and bans reported to the master as ``master@DOMAIN/guard``.
+        Returns once the control socket answers."""
+        rules = self.workdir / "guard.d"
+        (rules / "jails").mkdir(parents=True, exist_ok=True)
+        (rules / "filters").mkdir(exist_ok=True)
+        (rules / "jails" / "sshd.ini").write_text(render_ini(
+            {"jail": {"sources": "file:%s" % log_file}}))
+        (rules / "filters" / "sshd.ini").write_bytes((ETC / "guard.d" / "filters" /
+                                                      "sshd.ini").read_bytes())
+        config = self.workdir / "guard.ini"
+        config.write_text(render_ini({
+            "guard": {"backend": "dryrun", "rules_dir": rules,
+                      "state_dir": self.workdir / "guard-state",
+                      "control_socket": self.guard_socket,
+                      "fleet_from_master": self.config_path},
+            **self.master_link_sections("guard")}))
+        process = self._spawn("guard", ["medulla_appliance.guard"], config)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("medulla-guard exited: %s" % (
+                    self.workdir / "guard.log").read_text()[-2000:])
+            try:
+                control.status(socket_path=str(self.guard_socket), timeout=2)
+                return process
+            except control.ControlClientError:
+                time.sleep(0.1)
+        stop_process(process)
+        raise RuntimeError("medulla-guard's control socket not up after %ss" % timeout)
+
+    @property
+    def guard_socket(self):
+        """Where start_guard's medulla-guard listens for ``medullactl guard --socket``."""
+        return self.workdir / "guard.sock"
 
     def ctl(self, *argv):
         """Run medullactl against this master; returns the CompletedProcess."""
