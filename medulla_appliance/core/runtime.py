@@ -3,7 +3,8 @@ signals and reload. A daemon only supplies its schema and a function that builds
 service tree.
 
 The service built may offer `when_ready()` (a Deferred fired once it really serves:
-READY=1 waits for it), `status_line()` (STATUS=), and `reload(config)` (SIGHUP).
+READY=1 waits for it), `status_line()` (STATUS=), and `reload(config)` (SIGHUP; it
+returns False when it refused the new configuration, having logged why).
 """
 
 import argparse
@@ -116,9 +117,12 @@ def run_daemon(*, prog, description, default_config, schema, build, argv=None):
         except config_mod.ConfigError as e:
             log.error("reload refused, keeping the running configuration: {error}", error=e)
         else:
-            logs.set_level(level, new["global"]["log_level"])
-            svc.reload(new)
-            log.info("configuration reloaded from {files}", files=", ".join(new.files))
+            if svc.reload(new) is False:  # refused by the daemon, which said why
+                log.warn("SIGHUP: {files} not applied, the running configuration goes on",
+                         files=", ".join(new.files))
+            else:
+                logs.set_level(level, new["global"]["log_level"])
+                log.info("configuration reloaded from {files}", files=", ".join(new.files))
         notifier.notify("READY=1", "STATUS=" + _status(svc))
 
     def tick():

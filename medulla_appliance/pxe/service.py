@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from ..core.config import ConfigError
 from ..core.listening import listen_all
 from .autoexec import AutoexecScript
-from .config import http_addresses, listen_addresses
+from .config import check, http_addresses, listen_addresses
 from .dhcp.udp import ProxyDHCPService
 from .http_service import HTTPMenuService, build_link
 from .tftp.backend import Generators, SafeRoot
@@ -113,13 +113,19 @@ class PXEService(service.MultiService):
         return line
 
     def reload(self, cfg):
-        """SIGHUP: limits, timeouts, verbosity, root and menu URL; addresses need a restart."""
+        """SIGHUP: limits, timeouts, verbosity, root and menu URL; addresses and turning the
+        proxyDHCP on or off need a restart."""
+        if bool(cfg["proxydhcp"]["enabled"]) != (self.proxydhcp is not None):
+            self.log.warn("[proxydhcp] enabled changed: restart medulla-pxe to apply it")
         try:
+            check(cfg)  # all of it first: a refused reload changes nothing
             self.tftp.reload(cfg)
             if self.http is not None:
                 self.http.reload(cfg)
-            if self.proxydhcp is not None:
+            if self.proxydhcp is not None and cfg["proxydhcp"]["enabled"]:
                 self.proxydhcp.reload(cfg)
         except ConfigError as exc:
             self.log.error("reload refused, keeping the running configuration: {error}",
                            error=exc)
+            return False
+        return True

@@ -90,7 +90,7 @@ class SyncthingService(service.MultiService):
             settings = Settings.from_config(cfg)
         except ValueError as exc:
             self.log.error("reload refused: {error}", error=exc)
-            return
+            return False
         if fixed:
             settings = _keep_fixed(settings, self.settings)
         self.cfg, self.settings = cfg, settings

@@ -199,6 +199,9 @@ def test_sighup_adds_a_jail_and_a_bad_rules_folder_is_refused(guard_factory, tmp
     (jails / "sshd3.ini").write_text("[jail]\nsources = file:%s\nfindtime = soon\n" % log)
     guard.process.send_signal(1)
     guard.wait_for(lambda: "reload refused" in guard.log.read_text())
+    # ...and the runtime does not claim otherwise (it used to log "reloaded" anyway).
+    guard.wait_for(lambda: "not applied" in guard.log.read_text())
+    assert guard.log.read_text().count("configuration reloaded") == 1  # the first SIGHUP
     assert guard.process.poll() is None
     assert [j["name"] for j in guard.call("status")["jails"]] == ["sshd", "sshd2"]
     append(log, FAIL % "198.51.100.31" * 5)

@@ -2,6 +2,7 @@
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from medulla_appliance.core import config
 from medulla_appliance.pxe.config import SCHEMA, listen_addresses, parse_listen
@@ -66,3 +67,30 @@ def test_reload_applies_limits_and_verbosity(tmp_path):
     assert len(server.backend.generators) == 0
     assert svc.status_line() == ("TFTP: 0 transfers running, 0 served, 0 refused; "
                                  "HTTP: 0 scripts served, 0 refused")
+
+
+def test_a_reload_with_one_bad_value_changes_nothing_and_says_so(tmp_path):
+    # A good TFTP change beside a bad HTTP listen value: refused whole, so the TFTP limit
+    # does not change either, and runtime is told (False) not to log "reloaded".
+    path = write(tmp_path, "[tftp]\nroot = %s\nlisten = udp:0:interface=127.0.0.1\n" % tmp_path)
+    svc = PXEService(config.load(path, SCHEMA), Clock())
+    before = svc.tftp.server.limits.max_per_client
+    write(tmp_path, "[tftp]\nroot = %s\nlisten = udp:0:interface=127.0.0.1\n"
+          "max_sessions_per_client = %d\n[http]\nlisten = tcp:eighty\n" % (tmp_path, before + 1))
+    assert svc.reload(config.load(path, SCHEMA)) is False
+    assert svc.tftp.server.limits.max_per_client == before
+
+
+def test_turning_the_proxydhcp_on_at_reload_asks_for_a_restart(tmp_path):
+    path = write(tmp_path, "[tftp]\nroot = %s\nlisten = udp:0:interface=127.0.0.1\n" % tmp_path)
+    svc = PXEService(config.load(path, SCHEMA), Clock())
+    write(tmp_path, "[tftp]\nroot = %s\nlisten = udp:0:interface=127.0.0.1\n"
+          "[proxydhcp]\nenabled = yes\ninterface = lo\n" % tmp_path)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert svc.reload(config.load(path, SCHEMA)) is True
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any("restart medulla-pxe" in formatEvent(e) for e in events)
+    assert svc.proxydhcp is None
