@@ -114,38 +114,22 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 def _machines(client: ApiClient, args, out: TextIO, now: float) -> int:
     machines = client.machines(online=args.online)
-    if args.json:
-        _print_json(machines, out)
-    else:
-        print(render.render_machines(machines, now), file=out)
-    return EXIT_OK
+    return render.emit(args, machines, render.render_machines(machines, now), out)
 
 
 def _show(client: ApiClient, args, out: TextIO, now: float) -> int:
     machine = client.machine(args.name)
-    if args.json:
-        _print_json(machine, out)
-    else:
-        print(render.render_machine(machine, now), file=out)
-    return EXIT_OK
+    return render.emit(args, machine, render.render_machine(machine, now), out)
 
 
 def _reset_key(client: ApiClient, args, out: TextIO, now: float) -> int:
     result = client.reset_key(args.name)
-    if args.json:
-        _print_json(result, out)
-    else:
-        print(render.render_key_reset(result), file=out)
-    return EXIT_OK
+    return render.emit(args, result, render.render_key_reset(result), out)
 
 
 def _status(client: ApiClient, args, out: TextIO, now: float) -> int:
     status = client.status()
-    if args.json:
-        _print_json(status, out)
-    else:
-        print(render.render_status(status, now), file=out)
-    return EXIT_OK
+    return render.emit(args, status, render.render_status(status, now), out)
 
 
 def _print_json(data, out: TextIO) -> None:

@@ -76,11 +76,7 @@ def run(args, out, err):
 def run_fleet(client, args, out, now):
     """`medullactl guard fleet`: the master's list, as a table or JSON."""
     bans = client.bans(args.host)
-    if args.json:
-        args.print_json(bans, out)
-    else:
-        print(render_fleet(bans, now), file=out)
-    return EXIT_OK
+    return render.emit(args, bans, render_fleet(bans, now), out)
 
 
 def render_fleet(bans, now):

@@ -37,30 +37,19 @@ def add_parser(commands, command) -> None:
 
 def _list(client: ApiClient, args, out: TextIO, now: float) -> int:
     relays = client.relays()
-    if args.json:
-        args.print_json(relays, out)
-    else:
-        print(render_relays(relays, now), file=out)
-    return EXIT_OK
+    return render.emit(args, relays, render_relays(relays, now), out)
 
 
 def _show(client: ApiClient, args, out: TextIO, now: float) -> int:
     relay = client.relay(args.name)
-    if args.json:
-        args.print_json(relay, out)
-    else:
-        print(render_relay(relay, now), file=out)
-    return EXIT_OK
+    return render.emit(args, relay, render_relay(relay, now), out)
 
 
 def _reset_key(client: ApiClient, args, out: TextIO, now: float) -> int:
     result = client.reset_relay_key(args.name)
-    if args.json:
-        args.print_json(result, out)
-    else:
-        print(f"key of relay {render.escape_text(result.get('relay') or args.name)} reset: "
-              "its next enrolment pins the new key", file=out)
-    return EXIT_OK
+    name = render.escape_text(result.get("relay") or args.name)
+    return render.emit(args, result, f"key of relay {name} reset: its next enrolment pins "
+                       "the new key", out)
 
 
 def _state(relay: dict) -> str:
